@@ -1,0 +1,60 @@
+package sidecar
+
+fx_day_left(remaining) := {"budget": {"windows": {"day": {"limit": 2000000, "used": 2000000 - remaining, "remaining": remaining}}}}
+
+test_acme_budget_and_rate_limit if {
+	d := decision with input as fx_agent_call
+	d.budget == {"limits": {"minute": 200000, "day": 2000000}}
+	d.rate_limit == {"requests_per_minute": 120}
+}
+
+test_globex_budget_and_rate_limit if {
+	d := decision with input as fx_tenant_call("globex", {"request": {"model": "gpt-4o-mini"}})
+	d.budget == {"limits": {"minute": 50000, "hour": 500000, "day": 1000000, "month": 20000000}}
+	d.rate_limit == {"requests_per_minute": 30}
+}
+
+test_budget_limits_filter_bad_entries if {
+	budget_limits == {"day": 5} with input as fx_agent_call with data.sidecar.tenants.acme.budget.limits as {"day": 5, "week": 7, "hour": "10"}
+	budget_limits == {} with input as fx_agent_call with data.sidecar.tenants.acme.budget.limits as [1]
+}
+
+test_rate_limit_off if {
+	rate_limit == null with input as fx_agent_call with data.sidecar.tenants.acme.rate_limit as null
+	rate_limit == null with input as fx_agent_call with data.sidecar.tenants.acme.rate_limit as {"requests_per_minute": "120"}
+}
+
+test_expensive_model_denied_when_day_budget_low if {
+	d := decision with input as fx_call(fx_day_left(199999))
+	d.allow == false
+	d.reasons == ["model 'gpt-4o' is marked expensive and less than 10% of the day token budget of tenant 'acme' remains"]
+}
+
+test_expensive_model_allowed_at_threshold if {
+	decision.allow with input as fx_call(fx_day_left(200000))
+}
+
+test_cheap_model_allowed_when_budget_low if {
+	decision.allow with input as object.union(fx_model_call("gpt-4o-mini"), fx_day_left(0))
+}
+
+test_expensive_guard_other_windows if {
+	inp := fx_tenant_call("globex", {"request": {"model": "gpt-4o"}, "budget": {"windows": {"month": {"limit": 100, "remaining": 20}}}})
+	d := decision with input as inp with data.sidecar.tenants.globex.models.agent as ["gpt-4o"]
+	d.reasons == ["model 'gpt-4o' is marked expensive and less than 25% of the month token budget of tenant 'globex' remains"]
+}
+
+test_expensive_guard_ignores_bad_budget_input if {
+	decision.allow with input as fx_call({"budget": {"windows": {"day": {"limit": 0, "remaining": 0}}}})
+	decision.allow with input as fx_call({"budget": {"windows": {"day": {"limit": "2000000", "remaining": 1}}}})
+	decision.allow with input as fx_call({"budget": {"windows": {"day": {"limit": 2000000, "remaining": null}}}})
+	decision.allow with input as fx_call({"budget": {"windows": []}})
+}
+
+test_expensive_guard_needs_config if {
+	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults.budget.expensive_guard as null
+	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults.budget.expensive_guard as {"windows": ["day"], "min_remaining_percent": "10"}
+	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults.budget.expensive_guard as {"windows": "day", "min_remaining_percent": 10}
+	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults.budget.expensive_guard as {"windows": [1], "min_remaining_percent": 10}
+	expensive_models == [] with data.sidecar.defaults.models.expensive as null with input as fx_agent_call
+}

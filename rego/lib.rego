@@ -1,0 +1,47 @@
+# Generic helpers shared by every concern of the sidecar policy.
+#
+# Portability note: this bundle is evaluated both by OPA and by the embedded
+# engine regorus, and their decisions must be identical. Regorus raises an
+# error where OPA makes an expression undefined (a builtin called with a wrong
+# argument type, `some x in <not a collection>`), so every builtin call and
+# every iteration over input or data is guarded by a type check first.
+package sidecar
+
+# pattern_match(pattern, value) is true when the string value matches the
+# pattern. Patterns are deliberately simple (no glob library, so both engines
+# agree byte for byte):
+#   "gpt-4o-mini"  exact match
+#   "gpt-4o*"      prefix match ("*" alone matches everything)
+#   "*-mini"       suffix match
+pattern_match(pattern, value) if {
+	is_string(pattern)
+	is_string(value)
+	pattern == value
+}
+
+pattern_match(pattern, value) if {
+	is_string(pattern)
+	is_string(value)
+	endswith(pattern, "*")
+	startswith(value, trim_suffix(pattern, "*"))
+}
+
+pattern_match(pattern, value) if {
+	is_string(pattern)
+	is_string(value)
+	startswith(pattern, "*")
+	endswith(value, trim_prefix(pattern, "*"))
+}
+
+# any_match(patterns, value) is true when value matches one of the patterns
+# (an array of pattern strings; anything else matches nothing).
+any_match(patterns, value) if {
+	is_array(patterns)
+	some pat in patterns
+	pattern_match(pat, value)
+}
+
+# string_list(x) is x when it is an array, [] otherwise.
+string_list(x) := x if {
+	is_array(x)
+} else := []

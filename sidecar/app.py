@@ -1,0 +1,159 @@
+"""Wiring: build the pipeline from settings, serve the data and admin listeners, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from sidecar.config import Settings
+from sidecar.pipeline.audit import AuditLog
+from sidecar.pipeline.authenticate import build_authenticator
+from sidecar.pipeline.decide import Decider
+from sidecar.pipeline.enforce import Enforcer, HoldForApproval
+from sidecar.pipeline.forward import Forwarder
+from sidecar.policy.bundle import Bundle, BundleError, read_tarball
+from sidecar.policy.daemon import DaemonEngine
+from sidecar.policy.embedded import EmbeddedEngine
+from sidecar.policy.engine import PolicyEngine
+from sidecar.policy.reload import BundleReloader, accept, load_configured
+from sidecar.proxy import Proxy, not_found
+
+log = logging.getLogger(__name__)
+
+
+async def initial_bundle(settings: Settings) -> Bundle:
+    """The bundle to start with: downloaded from SIDECAR_BUNDLE_URL when set, else SIDECAR_BUNDLE."""
+    if not settings.bundle_url:
+        return load_configured(settings)
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        session.get(settings.bundle_url) as resp,
+    ):
+        if resp.status != 200:
+            raise BundleError(f"{settings.bundle_url}: HTTP {resp.status}")
+        blob = await resp.read()
+    return accept(read_tarball(blob, settings.bundle_url), settings.bundle_url, settings)
+
+
+@dataclass(slots=True)
+class Sidecar:
+    settings: Settings
+    engine: PolicyEngine
+    proxy: Proxy
+    reloader: BundleReloader | None = None
+    draining: bool = False
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def create(cls, settings: Settings) -> Sidecar:
+        engine: PolicyEngine
+        reloader = None
+        if settings.opa_url:
+            engine = DaemonEngine(settings.opa_url, settings.decision_path, settings.opa_timeout)
+        else:
+            embedded = EmbeddedEngine(await initial_bundle(settings), settings.decision_path)
+            reloader = BundleReloader(embedded, settings)
+            engine = embedded
+        proxy = Proxy(
+            settings=settings,
+            authenticator=build_authenticator(settings),
+            decider=Decider(engine, settings.fail_open),
+            enforcer=Enforcer(approvals=HoldForApproval()),
+            forwarder=Forwarder(settings),
+            audit=AuditLog(settings.audit_log),
+            revision=lambda: engine.revision,
+        )
+        return cls(settings, engine, proxy, reloader)
+
+    async def start(self) -> None:
+        await self.engine.start()
+        await self.proxy.forwarder.start()
+        if isinstance(self.engine, DaemonEngine):
+            with contextlib.suppress(Exception):
+                await self.engine.refresh_revision()
+        if self.reloader is not None:
+            self._tasks.append(asyncio.create_task(self.reloader.run(self._stop)))
+
+    async def close(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.proxy.forwarder.close()
+        await self.engine.close()
+        self.proxy.audit.close()
+
+    def data_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app.router.add_route("*", "/v1/{tail:.*}", self.proxy.handle)
+        app.router.add_route("*", "/{tail:.*}", not_found)
+        return app
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, detail = await self.engine.ready()
+        if self.draining:
+            ready, detail = False, "draining"
+        doc = {
+            "ready": ready,
+            "policy": {"engine": self.engine.name, "detail": detail},
+            "bundle": {"revision": self.engine.revision},
+        }
+        return web.json_response(doc, status=200 if ready else 503)
+
+
+async def serve(settings: Settings, started: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then stop accepting, finish in-flight calls, and exit."""
+    sidecar = await Sidecar.create(settings)
+    await sidecar.start()
+    runners = [
+        web.AppRunner(
+            sidecar.data_app(),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout,
+        ),
+        web.AppRunner(sidecar.admin_app(), handle_signals=False, access_log=None),
+    ]
+    for runner in runners:
+        await runner.setup()
+    await web.TCPSite(runners[0], settings.host, settings.port, reuse_address=True).start()
+    await web.TCPSite(runners[1], settings.admin_host, settings.admin_port, reuse_address=True).start()
+    log.info(
+        "sidecar serving",
+        extra={
+            "listen": f"{settings.host}:{settings.port}",
+            "admin": f"{settings.admin_host}:{settings.admin_port}",
+            "engine": sidecar.engine.name,
+            "revision": sidecar.engine.revision,
+            "upstream": settings.upstream_url,
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if started is not None:
+        started.set()
+    await stop.wait()
+    log.info("draining", extra={"timeout_s": settings.shutdown_timeout})
+    sidecar.draining = True
+    await runners[0].cleanup()  # stops listening, then waits for in-flight handlers
+    await runners[1].cleanup()
+    await sidecar.close()
+    log.info("stopped")

@@ -1,0 +1,38 @@
+"""A local, deterministic OpenAI-compatible stand-in upstream (`sidecar dev-upstream`).
+
+Routes: `POST /v1/responses` (JSON and SSE), `GET|DELETE /v1/responses/{id}`, `POST /v1/chat/completions`
+(JSON and SSE), `GET /v1/models[/{id}]`, `POST /v1/embeddings`, `POST /v1/moderations`, `POST|GET /v1/files`,
+`GET|DELETE /v1/files/{id}`, `GET /v1/files/{id}/content`, `POST /v1/traces/ingest` (204); anything else is a
+404 OpenAI error (`Invalid URL (METHOD /path)`).
+
+Answers (all deterministic):
+- tool outputs after the last user message (Responses `function_call_output` items, Chat `role: tool`
+  messages) -> text `"Tool result: <output>"`, one line per output;
+- else, if the request offers a function tool (and `tool_choice` is not `"none"`) -> a call of the first
+  function tool (or the one named by `tool_choice`) with arguments sampled from its JSON schema: strings
+  `"sample"`, numbers 1, booleans true, enums their first value, `const`/`default` as given, arrays one item,
+  every property present;
+- else -> text `"Echo: <last user message text>"`.
+
+Usage: a token is a run of word characters or one punctuation character (regex `\\w+|[^\\w\\s]`). Input
+tokens count the `instructions` and the text fields of `input` / `messages` (message content strings and
+parts' `text`, function-call `arguments`, tool outputs); output tokens count the produced text or arguments.
+`max_output_tokens` / `max_completion_tokens` / `max_tokens` cut the output after that many tokens
+(Responses: status `incomplete`, `incomplete_details.reason = "max_output_tokens"`, stream ends with
+`response.incomplete`; Chat: `finish_reason = "length"`).
+
+Request headers for tests: `x-dev-upstream-fail: <status>` (OpenAI error with that status),
+`x-dev-upstream-delay-ms: N` (delay before the response), `x-dev-upstream-stream-delay-ms: N` (sleep between
+SSE events), `x-dev-upstream-drop: 1` (close the connection without a response),
+`x-dev-upstream-stream-fail: 1` (error event mid-stream), `x-dev-upstream-reply: <text>` (answer this text),
+`x-dev-upstream-tool-args: <json>` (use these tool-call arguments).
+
+Test endpoints: `GET /_dev/requests[?path=...]` (request log, last 1000), `DELETE /_dev/requests`,
+`GET /_dev/stats`, `DELETE /_dev/stats`, `GET /_dev/health`.
+"""
+
+from __future__ import annotations
+
+from .server import create_app, main
+
+__all__ = ["create_app", "main"]

@@ -1,0 +1,172 @@
+"""Stages 6 and 10: the tamper-evident audit record (SPEC §7).
+
+One JSON line when the call is decided (before anything is forwarded) and one when it ends, joined by
+`decision_id`. Each line carries `prev_hash` and `hash` = SHA-256 over the previous hash and the
+canonical (sorted-key) JSON of the line without its hash, so removing, editing or reordering a line
+breaks the chain. Records hold counts, names and identifiers only: never prompt text, PII values, the
+provider key or the caller's credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from sidecar.errors import SidecarError
+from sidecar.pipeline.context import Call
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+
+
+def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical).hexdigest()
+
+
+def build_record(call: Call, phase: str, revision: str) -> dict[str, Any]:
+    decision = call.decision
+    err = call.error
+    if decision is not None:
+        decided: dict[str, Any] = {
+            "allow": decision.allow,
+            "reasons": list(decision.reasons),
+            "code": decision.code if not decision.allow else None,
+            "require_approval": decision.require_approval,
+        }
+    else:
+        decided = {"allow": False, "reasons": [], "code": None, "require_approval": False}
+    usage = call.usage
+    timings = call.timings_ms
+    return {
+        "decision_id": call.id,
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "phase": phase,
+        "trace_id": call.trace_id,
+        "span_id": call.span_id,
+        "subject": {"sub": call.subject.sub, "tenant": call.subject.tenant},
+        "request": {
+            "method": call.method,
+            "path": call.path,
+            "operation": call.operation,
+            "model": call.model,
+            "stream": call.stream,
+        },
+        "decision": decided,
+        "pii": {"found": dict(call.pii_found), "masked": dict(call.pii_masked)},
+        "budget": {
+            "reserved": call.reserved_tokens,
+            "used": usage.total if usage is not None else None,
+            "refunded": call.refunded_tokens,
+        },
+        "upstream": {"status": call.upstream_status, "latency_ms": call.upstream_latency_ms},
+        "latency_ms": {
+            "total": call.elapsed_ms(),
+            "policy": timings.get("policy"),
+            "pii": timings.get("pii"),
+            "budget": timings.get("budget"),
+        },
+        "bundle": {"revision": revision},
+        "outcome": call.outcome,
+        "error": {"status": err.status, "code": err.code} if err is not None else None,
+        "fail_open": list(call.fail_open),
+    }
+
+
+def _last_hash(path: Path) -> str:
+    """The hash of the log's last record, so a restarted sidecar continues the same chain."""
+    if not path.exists() or path.stat().st_size == 0:
+        return GENESIS
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        end = fh.tell()
+        block = min(end, 1 << 16)
+        while True:
+            fh.seek(end - block)
+            lines = fh.read(block).rstrip(b"\n").split(b"\n")
+            if len(lines) > 1 or block == end:
+                break
+            block = min(end, block * 4)
+    try:
+        last = orjson.loads(lines[-1])
+        return str(last["hash"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(
+            f"audit log {path}: the last line is not a chained record; run `sidecar audit verify`"
+        ) from None
+
+
+class AuditLog:
+    """Appends chained records to a file (or stdout), flushed per record."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._fh: IO[bytes]
+        if target == "-":
+            self._fh = sys.stdout.buffer
+            self._prev = GENESIS
+        else:
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._prev = _last_hash(path)
+            self._fh = path.open("ab")
+
+    def write(self, record: dict[str, Any]) -> None:
+        record["prev_hash"] = self._prev
+        record["hash"] = digest = chain_hash(self._prev, record)
+        self._fh.write(orjson.dumps(record) + b"\n")
+        self._fh.flush()
+        self._prev = digest
+
+    def start(self, call: Call, revision: str) -> None:
+        """The record written before forwarding; if it cannot be written, nothing is forwarded."""
+        try:
+            self.write(build_record(call, "start", revision))
+        except OSError as exc:
+            log.error("audit write failed", extra={"request_id": call.id, "error": str(exc)})
+            raise SidecarError(503, "audit_unavailable", "The audit log cannot be written.") from None
+
+    def end(self, call: Call, revision: str) -> None:
+        try:
+            self.write(build_record(call, "end", revision))
+        except OSError as exc:
+            log.error("audit write failed", extra={"request_id": call.id, "error": str(exc)})
+
+    def close(self) -> None:
+        if self.target != "-":
+            self._fh.close()
+
+
+def verify(path: str) -> tuple[bool, str]:
+    """Check the chain of an audit log: (ok, message naming the first bad line)."""
+    prev = GENESIS
+    count = 0
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                return False, f"line {number}: empty line"
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                return False, f"line {number}: not JSON ({exc})"
+            if not isinstance(record, dict) or "hash" not in record:
+                return False, f"line {number}: not an audit record"
+            if record.get("prev_hash") != prev:
+                return (
+                    False,
+                    f"line {number}: prev_hash does not match line {number - 1} (removed or reordered)",
+                )
+            if chain_hash(prev, record) != record["hash"]:
+                return False, f"line {number}: hash mismatch (the record was edited)"
+            prev = record["hash"]
+            count = number
+    return True, f"{count} records, chain intact"

@@ -1,0 +1,72 @@
+"""What one call accumulates on its way through the stages."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.documents import Decision
+from sidecar.errors import SidecarError
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who is calling (SPEC §3 `subject`)."""
+
+    authenticated: bool
+    sub: str | None = None
+    tenant: str | None = None
+    groups: tuple[str, ...] = ()
+    issuer: str | None = None
+    user: dict[str, Any] | None = None
+
+
+ANONYMOUS = Subject(authenticated=False)
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class Call:
+    id: str
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    trace_id: str = ""
+    span_id: str = ""
+    subject: Subject = ANONYMOUS
+    operation: str = "unknown"
+    model: str | None = None
+    stream: bool = False
+    decision: Decision | None = None
+    pii_found: dict[str, int] = field(default_factory=dict)
+    pii_masked: dict[str, int] = field(default_factory=dict)
+    reserved_tokens: int = 0
+    usage: Usage | None = None
+    refunded_tokens: int = 0
+    upstream_status: int | None = None
+    upstream_latency_ms: float | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: SidecarError | None = None
+    outcome: str = "pending"
+    fail_open: list[str] = field(default_factory=list)
+
+    def timed(self, stage: str, since: float) -> None:
+        self.timings_ms[stage] = round((time.perf_counter() - since) * 1000, 3)
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)

@@ -1,0 +1,115 @@
+"""Stage 5: act on the decision.
+
+Order matters and is fixed here: deny → request masking → output cap (pure rewrites of the body) →
+approval → rate limit and budget reservation (the gates with side effects, last, so that a call refused
+by an earlier step has reserved or consumed nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from sidecar.documents import Decision
+from sidecar.errors import no_retry
+from sidecar.pipeline.context import Call
+from sidecar.pipeline.inspect import Payload, Summary
+
+# Where each operation takes its output limit when the caller set none.
+_CAP_FIELD = {
+    "responses.create": "max_output_tokens",
+    "chat.completions.create": "max_completion_tokens",
+    "completions.create": "max_tokens",
+}
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the forward stage sends, and what the relay must undo or settle afterwards."""
+
+    body: bytes | None  # None: stream the caller's body through untouched
+    doc: dict[str, Any] | None
+    restore: dict[str, str] | None = None  # placeholder -> original value, for this request only
+    reservation: object | None = None
+
+
+class ApprovalGate(Protocol):
+    async def check(self, call: Call, decision: Decision, payload: Payload) -> None:
+        """Return when the call may pass; raise a 403 SidecarError while approval is missing."""
+        ...
+
+
+class BudgetGate(Protocol):
+    async def admit(self, call: Call, decision: Decision, summary: Summary) -> object | None:
+        """Apply rate limits and reserve tokens; raise 429 when the call does not fit."""
+        ...
+
+
+class RequestMasker(Protocol):
+    async def mask(self, call: Call, decision: Decision, plan: Plan) -> None:
+        """Rewrite `plan.doc` per `decision.mask.request`, filling `plan.restore`."""
+        ...
+
+
+class HoldForApproval:
+    """Without an approval store every approval-gated call is held: fail closed, never waved through."""
+
+    async def check(self, call: Call, decision: Decision, payload: Payload) -> None:
+        raise no_retry(
+            403,
+            "approval_required",
+            "This operation requires human approval, and no approval store is configured on this sidecar.",
+        )
+
+
+def deny_message(decision: Decision) -> str:
+    reasons = "; ".join(decision.reasons) if decision.reasons else "no reason given"
+    return f"Denied by policy: {reasons}"
+
+
+def apply_output_cap(doc: dict[str, Any], summary: Summary, operation: str, cap: int | None) -> bool:
+    """Make the upstream output limit min(requested, cap). Returns whether the body changed."""
+    if cap is None:
+        return False
+    field = summary.output_limit_field or _CAP_FIELD.get(operation)
+    if field is None:
+        return False
+    requested = summary.max_output_tokens
+    if requested is not None and requested <= cap:
+        return False
+    doc[field] = cap
+    return True
+
+
+class Enforcer:
+    def __init__(
+        self,
+        approvals: ApprovalGate,
+        budget: BudgetGate | None = None,
+        masker: RequestMasker | None = None,
+    ) -> None:
+        self._approvals = approvals
+        self._budget = budget
+        self._masker = masker
+
+    async def enforce(self, call: Call, decision: Decision, payload: Payload, summary: Summary) -> Plan:
+        if not decision.allow:
+            raise no_retry(403, decision.code or "policy_violation", deny_message(decision))
+        plan = Plan(body=payload.raw if payload.kind == "json" else None, doc=payload.doc)
+        if plan.doc is not None:
+            changed = False
+            if self._masker is not None and decision.mask.request.entities:
+                await self._masker.mask(call, decision, plan)
+                changed = True
+            changed = (
+                apply_output_cap(plan.doc, summary, call.operation, decision.max_output_tokens) or changed
+            )
+            if changed:
+                plan.body = orjson.dumps(plan.doc)
+        if decision.require_approval:
+            await self._approvals.check(call, decision, payload)
+        if self._budget is not None:
+            plan.reservation = await self._budget.admit(call, decision, summary)
+        return plan

@@ -1,0 +1,179 @@
+"""Stage 8: relay the upstream's answer to the caller.
+
+Server-sent events go out as they arrive: when nothing needs rewriting, each upstream chunk is written
+as-is; when a transform is active (placeholder restore, response masking) the relay rewrites whole
+events and holds back at most one incomplete event. JSON bodies are read whole (they are small and may
+be rewritten); anything else (file downloads, audio) is streamed through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from sidecar.pipeline.context import Call
+from sidecar.pipeline.forward import downstream_headers
+from sidecar.pipeline.settle import usage_from_event, usage_from_json_body
+
+log = logging.getLogger(__name__)
+
+
+class EventTransform(Protocol):
+    """Rewrites a stream event by event (PII restore and response masking implement this)."""
+
+    def event(self, event: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class BodyTransform(Protocol):
+    def body(self, body: bytes) -> bytes: ...
+
+
+class SseSplitter:
+    """Cuts a byte stream into complete SSE events (each ending in a blank line)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buf = self._buf + chunk if self._buf else chunk
+        events: list[bytes] = []
+        start = 0
+        while True:
+            lf = buf.find(b"\n\n", start)
+            crlf = buf.find(b"\r\n\r\n", start)
+            if lf < 0 and crlf < 0:
+                break
+            end = crlf + 4 if crlf >= 0 and (lf < 0 or crlf < lf) else lf + 2
+            events.append(buf[start:end])
+            start = end
+        self._buf = buf[start:]
+        return events
+
+    def tail(self) -> bytes:
+        rest, self._buf = self._buf, b""
+        return rest
+
+
+def event_data(event: bytes) -> Any:
+    """The parsed JSON of an event's `data:` lines, or None (e.g. `[DONE]`)."""
+    lines = [line[5:].lstrip() for line in event.splitlines() if line.startswith(b"data:")]
+    if not lines:
+        return None
+    data = b"\n".join(lines)
+    if data == b"[DONE]":
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _observe(call: Call, event: bytes) -> None:
+    if b'"usage"' in event:
+        usage = usage_from_event(event_data(event))
+        if usage is not None:
+            call.usage = usage
+
+
+def _stream_error_event(call: Call, message: str) -> bytes:
+    """An in-band error the openai client raises on, for failures after a 200 stream has begun."""
+    error = {"message": message, "type": "upstream_error", "code": "upstream_stream_error", "param": None}
+    if call.operation == "responses.create":
+        payload = {"type": "error", "code": "upstream_stream_error", "message": message, "param": None}
+        return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
+async def relay_sse(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    call: Call,
+    transforms: list[EventTransform],
+) -> web.StreamResponse:
+    resp = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream, call))
+    await resp.prepare(request)
+    splitter = SseSplitter()
+    try:
+        try:
+            async for chunk in upstream.content.iter_any():
+                events = splitter.feed(chunk)
+                for event in events:
+                    _observe(call, event)
+                out = _apply(transforms, events) if transforms else chunk
+                if out:
+                    await resp.write(out)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("upstream stream broke", extra={"request_id": call.id, "error": type(exc).__name__})
+            call.outcome = "upstream_stream_error"
+            await resp.write(_stream_error_event(call, "The upstream stream ended unexpectedly."))
+        else:
+            rest = splitter.tail()
+            if transforms:
+                rest = _apply(transforms, [rest] if rest else []) + b"".join(t.finish() for t in transforms)
+            if rest:
+                await resp.write(rest)
+        await resp.write_eof()
+    except ConnectionResetError:
+        # The caller went away: closing our upstream connection cancels the generation there too.
+        call.outcome = "client_disconnected"
+        upstream.close()
+    return resp
+
+
+def _apply(transforms: list[EventTransform], events: list[bytes]) -> bytes:
+    out: list[bytes] = []
+    for event in events:
+        rewritten = event
+        for transform in transforms:
+            rewritten = transform.event(rewritten)
+        out.append(rewritten)
+    return b"".join(out)
+
+
+async def relay_buffered(
+    upstream: aiohttp.ClientResponse, call: Call, transform: BodyTransform | None
+) -> web.Response:
+    body = await upstream.read()
+    if upstream.status < 400:
+        call.usage = usage_from_json_body(body)
+        if transform is not None:
+            body = transform.body(body)
+    return web.Response(status=upstream.status, body=body, headers=downstream_headers(upstream, call))
+
+
+async def relay_raw(request: web.Request, upstream: aiohttp.ClientResponse, call: Call) -> web.StreamResponse:
+    resp = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream, call))
+    if upstream.content_length is not None:
+        resp.content_length = upstream.content_length
+    await resp.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_chunked(64 * 1024):
+            await resp.write(chunk)
+        await resp.write_eof()
+    except ConnectionResetError:
+        call.outcome = "client_disconnected"
+        upstream.close()
+    return resp
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    call: Call,
+    transforms: list[EventTransform],
+    body_transform: BodyTransform | None,
+) -> web.StreamResponse:
+    content_type = upstream.content_type
+    if content_type == "text/event-stream":
+        return await relay_sse(request, upstream, call, transforms)
+    if content_type == "application/json":
+        return await relay_buffered(upstream, call, body_transform)
+    return await relay_raw(request, upstream, call)

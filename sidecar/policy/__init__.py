@@ -1,0 +1,1 @@
+"""Policy engines, bundles and the `sidecar policy` tooling."""

@@ -1,0 +1,111 @@
+"""The data path: one aiohttp handler that runs the pipeline stages in order (see sidecar.pipeline)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from sidecar.config import Settings
+from sidecar.errors import SidecarError, error_response
+from sidecar.pipeline.audit import AuditLog
+from sidecar.pipeline.authenticate import Authenticator
+from sidecar.pipeline.classify import classify
+from sidecar.pipeline.context import Call, new_request_id
+from sidecar.pipeline.decide import Decider, build_input
+from sidecar.pipeline.enforce import Enforcer, Plan
+from sidecar.pipeline.forward import Forwarder
+from sidecar.pipeline.inspect import PiiScanner, read_payload, summarize
+from sidecar.pipeline.settle import Settler
+from sidecar.pipeline.stream import BodyTransform, EventTransform, relay
+
+log = logging.getLogger(__name__)
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+def trace_ids(request: web.Request) -> tuple[str, str]:
+    """Continue the caller's W3C trace when it sent one; our own span id either way."""
+    match = _TRACEPARENT.match(request.headers.get("traceparent", ""))
+    trace_id = match.group(1) if match and match.group(1) != "0" * 32 else os.urandom(16).hex()
+    return trace_id, os.urandom(8).hex()
+
+
+@dataclass(slots=True)
+class Transforms:
+    """The relay's rewrites for one call (restore and response masking fill these in)."""
+
+    events: list[EventTransform] = field(default_factory=list)
+    body: BodyTransform | None = None
+
+
+@dataclass(slots=True)
+class Proxy:
+    settings: Settings
+    authenticator: Authenticator
+    decider: Decider
+    enforcer: Enforcer
+    forwarder: Forwarder
+    audit: AuditLog
+    revision: Callable[[], str]
+    pii: PiiScanner | None = None
+    settler: Settler | None = None
+    transforms: Callable[[Call, Plan], Transforms] = field(default=lambda call, plan: Transforms())
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        call = Call(id=new_request_id(), method=request.method, path=request.path)
+        call.trace_id, call.span_id = trace_ids(request)
+        try:
+            return await self._run(request, call)
+        except SidecarError as err:
+            call.error = err
+            if call.outcome == "pending":
+                call.outcome = "refused" if err.status < 500 else "error"
+            return error_response(err, call.id)
+        finally:
+            self.audit.end(call, self.revision())
+
+    async def _run(self, request: web.Request, call: Call) -> web.StreamResponse:
+        call.subject = await self.authenticator.authenticate(request)
+        call.operation = classify(call.method, call.path)
+        payload = await read_payload(request, self.settings)
+        summary = summarize(payload)
+        call.model, call.stream = summary.model, summary.stream
+        if self.pii is not None and payload.doc is not None:
+            started = time.perf_counter()
+            call.pii_found = await self.pii.scan(call.operation, payload.doc)
+            call.timed("pii", started)
+        doc = build_input(call, request, payload, summary, self.settings)
+        call.decision = decision = await self.decider.decide(call, doc)
+        plan = await self.enforcer.enforce(call, decision, payload, summary)
+        ok = False
+        try:
+            self.audit.start(call, self.revision())
+            started = time.perf_counter()
+            upstream = await self.forwarder.send(request, call, plan)
+            call.upstream_status = upstream.status
+            call.upstream_latency_ms = round((time.perf_counter() - started) * 1000, 3)
+            try:
+                transforms = self.transforms(call, plan)
+                response = await relay(request, upstream, call, transforms.events, transforms.body)
+            finally:
+                upstream.release()
+            ok = upstream.status < 400 and call.outcome == "pending"
+            if call.outcome == "pending":
+                call.outcome = "forwarded"
+            return response
+        finally:
+            if self.settler is not None:
+                await self.settler.settle(call, plan.reservation, call.usage, ok)
+
+
+async def not_found(request: web.Request) -> web.Response:
+    err = SidecarError(
+        404, "unknown_path", f"The sidecar serves the OpenAI API under /v1/, not {request.path}."
+    )
+    return error_response(err, new_request_id())
