@@ -53,8 +53,8 @@ test_tenant_approvers if {
 }
 
 test_approval_list_from_data if {
-	decision.require_approval with input as fx_risky_call("files.list", "none") with data.sidecar.tenants.acme.approval.operations as ["files.*"]
-	not decision.require_approval with input as fx_risky_call("batches.create", "none") with data.sidecar.tenants.acme.approval.operations as []
-	approval_operations == [] with data.sidecar.defaults.approval as {}
-	approvers == [] with input as fx_risky_call("batches.create", "none") with data.sidecar.defaults.approval.approvers as null
+	decision.require_approval with input as fx_risky_call("files.list", "none") with data.sidecar.tenants as fx_tenants_set("/acme/approval", {"operations": ["files.*"]})
+	not decision.require_approval with input as fx_risky_call("batches.create", "none") with data.sidecar.tenants as fx_tenants_set("/acme/approval", {"operations": []})
+	approval_operations == [] with data.sidecar.defaults as fx_defaults_set("/approval", {})
+	approvers == [] with input as fx_risky_call("batches.create", "none") with data.sidecar.defaults as fx_defaults_set("/approval/approvers", null)
 }

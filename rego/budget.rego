@@ -43,6 +43,6 @@ deny contains msg if {
 	is_number(remaining)
 	is_number(limit)
 	limit > 0
-	(remaining * 100) < (limit * pct)
+	remaining * 100 < limit * pct
 	msg := sprintf("model '%s' is marked expensive and less than %v%% of the %s token budget of tenant '%s' remains", [model, pct, win, tenant_display])
 }

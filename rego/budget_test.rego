@@ -15,13 +15,13 @@ test_globex_budget_and_rate_limit if {
 }
 
 test_budget_limits_filter_bad_entries if {
-	budget_limits == {"day": 5} with input as fx_agent_call with data.sidecar.tenants.acme.budget.limits as {"day": 5, "week": 7, "hour": "10"}
-	budget_limits == {} with input as fx_agent_call with data.sidecar.tenants.acme.budget.limits as [1]
+	budget_limits == {"day": 5} with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/budget/limits", {"day": 5, "week": 7, "hour": "10"})
+	budget_limits == {} with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/budget/limits", [1])
 }
 
 test_rate_limit_off if {
-	rate_limit == null with input as fx_agent_call with data.sidecar.tenants.acme.rate_limit as null
-	rate_limit == null with input as fx_agent_call with data.sidecar.tenants.acme.rate_limit as {"requests_per_minute": "120"}
+	rate_limit == null with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/rate_limit", null)
+	rate_limit == null with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/rate_limit", {"requests_per_minute": "120"})
 }
 
 test_expensive_model_denied_when_day_budget_low if {
@@ -40,7 +40,7 @@ test_cheap_model_allowed_when_budget_low if {
 
 test_expensive_guard_other_windows if {
 	inp := fx_tenant_call("globex", {"request": {"model": "gpt-4o"}, "budget": {"windows": {"month": {"limit": 100, "remaining": 20}}}})
-	d := decision with input as inp with data.sidecar.tenants.globex.models.agent as ["gpt-4o"]
+	d := decision with input as inp with data.sidecar.tenants as fx_tenants_set("/globex/models/agent", ["gpt-4o"])
 	d.reasons == ["model 'gpt-4o' is marked expensive and less than 25% of the month token budget of tenant 'globex' remains"]
 }
 
@@ -52,9 +52,9 @@ test_expensive_guard_ignores_bad_budget_input if {
 }
 
 test_expensive_guard_needs_config if {
-	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults.budget.expensive_guard as null
-	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults.budget.expensive_guard as {"windows": ["day"], "min_remaining_percent": "10"}
-	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults.budget.expensive_guard as {"windows": "day", "min_remaining_percent": 10}
-	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults.budget.expensive_guard as {"windows": [1], "min_remaining_percent": 10}
-	expensive_models == [] with data.sidecar.defaults.models.expensive as null with input as fx_agent_call
+	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults as fx_defaults_set("/budget/expensive_guard", null)
+	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults as fx_defaults_set("/budget/expensive_guard", {"windows": ["day"], "min_remaining_percent": "10"})
+	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults as fx_defaults_set("/budget/expensive_guard", {"windows": "day", "min_remaining_percent": 10})
+	decision.allow with input as fx_call(fx_day_left(0)) with data.sidecar.defaults as fx_defaults_set("/budget/expensive_guard", {"windows": [1], "min_remaining_percent": 10})
+	expensive_models == [] with data.sidecar.defaults as fx_defaults_set("/models/expensive", null) with input as fx_agent_call
 }

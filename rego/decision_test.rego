@@ -156,3 +156,12 @@ test_code_pii_violation_only_when_all_reasons_are_pii if {
 	mixed.code == "policy_violation"
 	count(mixed.reasons) == 2
 }
+
+# Data overrides for tests. Tests replace data.sidecar.tenants or
+# data.sidecar.defaults as a whole: OPA 1.4 merges an object given to
+# `with data.a.b.c as {...}` into the existing data when a rule reads a parent
+# path (data.a.b), while regorus replaces it, so sub-path overrides would make
+# the two engines disagree.
+fx_tenants_set(path, value) := json.patch(data.sidecar.tenants, [{"op": "add", "path": path, "value": value}])
+
+fx_defaults_set(path, value) := json.patch(data.sidecar.defaults, [{"op": "add", "path": path, "value": value}])

@@ -5,6 +5,11 @@
 # error where OPA makes an expression undefined (a builtin called with a wrong
 # argument type, `some x in <not a collection>`), so every builtin call and
 # every iteration over input or data is guarded by a type check first.
+#
+# Second rule: never negate a call whose arguments may be undefined, e.g.
+# `not is_string(model)` when the rule `model` may have no value. OPA lifts
+# the arguments out of the negation, so the whole body fails; regorus treats
+# the negation as true. Negate a helper rule instead (`not model_given`).
 package sidecar
 
 # pattern_match(pattern, value) is true when the string value matches the

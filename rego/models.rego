@@ -34,27 +34,35 @@ allowed_models := array.concat(model_patterns(call_kind), model_patterns("any"))
 
 denied_models := model_patterns("deny")
 
+model_given if is_string(model)
+
+model_exempt if any_match(operation_patterns("model_exempt"), operation)
+
 model_checked if {
-	is_string(model)
-	not any_match(string_list(setting2("operations", "model_exempt")), operation)
+	model_given
+	not model_exempt
 }
+
+model_denied if any_match(denied_models, model)
+
+model_allowed if any_match(allowed_models, model)
 
 deny contains msg if {
 	model_checked
-	any_match(denied_models, model)
+	model_denied
 	msg := sprintf("model '%s' is blocked for tenant '%s'", [model, tenant_display])
 }
 
 deny contains msg if {
 	model_checked
-	not any_match(denied_models, model)
-	not any_match(allowed_models, model)
+	not model_denied
+	not model_allowed
 	msg := sprintf("model '%s' is not allowed for %s calls of tenant '%s'", [model, call_kind_label, tenant_display])
 }
 
 deny contains msg if {
-	not is_string(model)
-	any_match(string_list(setting2("operations", "model_required")), operation)
+	not model_given
+	any_match(operation_patterns("model_required"), operation)
 	msg := sprintf("operation '%s' requires a model", [operation])
 }
 
@@ -71,7 +79,7 @@ deny contains "the request's model must be a string" if {
 #                               matches the model (the smallest n of all
 #                               matching patterns)
 #   max_output_tokens           n or null (no cap) for all other models
-output_capped if any_match(string_list(setting2("operations", "output_capped")), operation)
+output_capped if any_match(operation_patterns("output_capped"), operation)
 
 model_caps := [n |
 	caps := setting("max_output_tokens_by_model")

@@ -54,8 +54,8 @@ test_unknown_tenant_uses_default_model_lists if {
 }
 
 test_no_model_lists_in_data_means_no_models if {
-	allowed_models == [] with data.sidecar.defaults.models as {} with data.sidecar.tenants.acme.models as {}
-	denied_models == [] with data.sidecar.defaults.models as {} with data.sidecar.tenants.acme.models as {}
+	allowed_models == [] with data.sidecar.defaults as fx_defaults_set("/models", {}) with data.sidecar.tenants as fx_tenants_set("/acme/models", {})
+	denied_models == [] with data.sidecar.defaults as fx_defaults_set("/models", {}) with data.sidecar.tenants as fx_tenants_set("/acme/models", {})
 }
 
 test_model_required if {
@@ -94,11 +94,11 @@ test_max_output_tokens_null_when_not_generating if {
 }
 
 test_max_output_tokens_smallest_matching_model_cap if {
-	max_output_tokens == 100 with input as fx_model_call("gpt-4o-mini") with data.sidecar.tenants.acme.max_output_tokens_by_model as {"gpt-4o*": 200, "gpt-4o-mini*": 100, "o3*": 50, "gpt-4o-m*": "x"}
+	max_output_tokens == 100 with input as fx_model_call("gpt-4o-mini") with data.sidecar.tenants as fx_tenants_set("/acme/max_output_tokens_by_model", {"gpt-4o*": 200, "gpt-4o-mini*": 100, "o3*": 50, "gpt-4o-m*": "x"})
 }
 
 test_max_output_tokens_null_or_bad_means_no_cap if {
-	max_output_tokens == null with input as fx_agent_call with data.sidecar.tenants.acme.max_output_tokens as null
-	max_output_tokens == null with input as fx_agent_call with data.sidecar.tenants.acme.max_output_tokens as "lots"
-	max_output_tokens == 4096 with input as fx_model_call("gpt-4o-mini") with data.sidecar.tenants.acme.max_output_tokens_by_model as []
+	max_output_tokens == null with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/max_output_tokens", null)
+	max_output_tokens == null with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/max_output_tokens", "lots")
+	max_output_tokens == 4096 with input as fx_model_call("gpt-4o-mini") with data.sidecar.tenants as fx_tenants_set("/acme/max_output_tokens_by_model", [])
 }

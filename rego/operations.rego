@@ -28,13 +28,18 @@ forbidden_operation if admin_operation
 
 forbidden_operation if realtime_operation
 
-allowed_operations := string_list(val) if {
-	val := setting2("operations", "allowed")
+# operation_patterns(sub): the operation pattern list operations.<sub>.
+operation_patterns(sub) := string_list(val) if {
+	val := setting2("operations", sub)
 } else := []
 
-tenant_denied_operations := string_list(val) if {
-	val := setting2("operations", "denied")
-} else := []
+allowed_operations := operation_patterns("allowed")
+
+tenant_denied_operations := operation_patterns("denied")
+
+operation_allowed if any_match(allowed_operations, operation)
+
+operation_disabled if any_match(tenant_denied_operations, operation)
 
 deny contains "unrecognised operation: the method and path are not a known OpenAI API call" if {
 	operation == "unknown"
@@ -52,13 +57,13 @@ deny contains msg if {
 
 deny contains msg if {
 	not forbidden_operation
-	not any_match(allowed_operations, operation)
+	not operation_allowed
 	msg := sprintf("operation '%s' is not allowed for tenant '%s'", [operation, tenant_display])
 }
 
 deny contains msg if {
 	not forbidden_operation
-	any_match(allowed_operations, operation)
-	any_match(tenant_denied_operations, operation)
+	operation_allowed
+	operation_disabled
 	msg := sprintf("operation '%s' is disabled for tenant '%s'", [operation, tenant_display])
 }

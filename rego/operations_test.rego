@@ -43,7 +43,7 @@ test_admin_operations_denied if {
 }
 
 test_admin_denied_even_if_data_allows_it if {
-	d := decision with input as fx_op_call("organization.api_keys.create") with data.sidecar.tenants.acme.operations.allowed as ["*"]
+	d := decision with input as fx_op_call("organization.api_keys.create") with data.sidecar.tenants as fx_tenants_set("/acme/operations", {"allowed": ["*"]})
 	d.allow == false
 	count(d.reasons) == 1
 }
@@ -52,7 +52,7 @@ test_realtime_client_secrets_denied if {
 	d := decision with input as fx_op_call("realtime.client_secrets.create")
 	d.allow == false
 	d.reasons == ["operation 'realtime.client_secrets.create' is not allowed: realtime sessions and client secrets connect to OpenAI directly and would bypass the sidecar"]
-	decision.allow == false with input as fx_op_call("realtime.sessions.create") with data.sidecar.tenants.acme.operations.allowed as ["*"]
+	decision.allow == false with input as fx_op_call("realtime.sessions.create") with data.sidecar.tenants as fx_tenants_set("/acme/operations", {"allowed": ["*"]})
 	decision.allow == false with input as fx_op_call("realtime")
 }
 
@@ -64,8 +64,8 @@ test_operation_not_in_allowlist_denied if {
 }
 
 test_tenant_allowlist_replaces_default if {
-	decision.allow with input as fx_op_call("evals.create") with data.sidecar.tenants.acme.operations.allowed as ["evals.*"]
-	not decision.allow with input as fx_op_call("files.list") with data.sidecar.tenants.acme.operations.allowed as ["evals.*"]
+	decision.allow with input as fx_op_call("evals.create") with data.sidecar.tenants as fx_tenants_set("/acme/operations", {"allowed": ["evals.*"]})
+	not decision.allow with input as fx_op_call("files.list") with data.sidecar.tenants as fx_tenants_set("/acme/operations", {"allowed": ["evals.*"]})
 }
 
 test_tenant_denied_operations if {
@@ -77,7 +77,7 @@ test_tenant_denied_operations if {
 }
 
 test_no_allowlist_in_data_denies_everything if {
-	allowed_operations == [] with data.sidecar.defaults.operations as {}
-	not decision.allow with input as fx_op_call("files.list") with data.sidecar.defaults.operations as {}
-	tenant_denied_operations == [] with data.sidecar.defaults.operations as {}
+	allowed_operations == [] with data.sidecar.defaults as fx_defaults_set("/operations", {})
+	not decision.allow with input as fx_op_call("files.list") with data.sidecar.defaults as fx_defaults_set("/operations", {})
+	tenant_denied_operations == [] with data.sidecar.defaults as fx_defaults_set("/operations", {})
 }

@@ -25,7 +25,7 @@ test_default_mask_rules if {
 }
 
 test_invalid_mask_data_falls_back if {
-	m := mask with input as fx_agent_call with data.sidecar.tenants.acme.mask as {"request": {"entities": "EMAIL", "operator": "shred"}, "restore": "yes"}
+	m := mask with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/mask", {"request": {"entities": "EMAIL", "operator": "shred"}, "restore": "yes"})
 	m.request == {"entities": ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE"], "operator": "placeholder"}
 	m.restore == true
 }
@@ -35,11 +35,11 @@ test_mask_without_any_data if {
 		"request": {"entities": [], "operator": "placeholder"},
 		"response": {"entities": [], "operator": "redact"},
 		"restore": true,
-	} with input as fx_agent_call with data.sidecar.defaults.mask as null with data.sidecar.tenants.acme.mask as null
+	} with input as fx_agent_call with data.sidecar.defaults as fx_defaults_set("/mask", null) with data.sidecar.tenants as fx_tenants_set("/acme/mask", null)
 }
 
 test_mask_operator_from_defaults if {
-	mask_operator("response") == "hash" with input as fx_agent_call with data.sidecar.defaults.mask.response.operator as "hash"
+	mask_operator("response") == "hash" with input as fx_agent_call with data.sidecar.defaults as fx_defaults_set("/mask/response/operator", "hash")
 }
 
 test_credit_card_denied_by_default if {
@@ -66,11 +66,11 @@ test_zero_or_bad_counts_do_not_deny if {
 }
 
 test_tenant_can_allow_credit_cards if {
-	decision.allow with input as fx_call({"pii": {"request": {"CREDIT_CARD": 3}}}) with data.sidecar.tenants.acme.deny_entities as []
-	deny_entities == [] with data.sidecar.defaults.deny_entities as "CREDIT_CARD" with input as fx_agent_call
-	deny_entities == [] with data.sidecar.defaults.deny_entities as null with input as {}
+	decision.allow with input as fx_call({"pii": {"request": {"CREDIT_CARD": 3}}}) with data.sidecar.tenants as fx_tenants_set("/acme/deny_entities", [])
+	deny_entities == [] with data.sidecar.defaults as fx_defaults_set("/deny_entities", "CREDIT_CARD") with input as fx_agent_call
+	deny_entities == [] with data.sidecar.defaults as fx_defaults_set("/deny_entities", null) with input as {}
 }
 
 test_non_string_entity_in_data_ignored if {
-	decision.allow with input as fx_call({"pii": {"request": {"CREDIT_CARD": 3}}}) with data.sidecar.tenants.acme.deny_entities as [1, null]
+	decision.allow with input as fx_call({"pii": {"request": {"CREDIT_CARD": 3}}}) with data.sidecar.tenants as fx_tenants_set("/acme/deny_entities", [1, null])
 }

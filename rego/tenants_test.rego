@@ -25,20 +25,20 @@ test_non_string_tenant_is_no_tenant if {
 
 test_fallback_tenant_when_configured if {
 	inp := fx_tenant_call("initech", {})
-	d := decision with input as inp with data.sidecar.defaults.fallback_tenant as "acme"
+	d := decision with input as inp with data.sidecar.defaults as fx_defaults_set("/fallback_tenant", "acme")
 	d.allow == true
 	d.rate_limit == {"requests_per_minute": 120}
-	tenant_key == "acme" with input as inp with data.sidecar.defaults.fallback_tenant as "acme"
-	tenant_display == "initech" with input as inp with data.sidecar.defaults.fallback_tenant as "acme"
+	tenant_key == "acme" with input as inp with data.sidecar.defaults as fx_defaults_set("/fallback_tenant", "acme")
+	tenant_display == "initech" with input as inp with data.sidecar.defaults as fx_defaults_set("/fallback_tenant", "acme")
 }
 
 test_fallback_to_missing_tenant_still_denies if {
-	d := decision with input as fx_tenant_call("initech", {}) with data.sidecar.defaults.fallback_tenant as "nobody"
+	d := decision with input as fx_tenant_call("initech", {}) with data.sidecar.defaults as fx_defaults_set("/fallback_tenant", "nobody")
 	"unknown tenant 'initech'" in d.reasons
 }
 
 test_no_fallback_without_tenant_name if {
-	d := decision with input as object.remove(fx_agent_call, ["subject"]) with data.sidecar.defaults.fallback_tenant as "acme"
+	d := decision with input as object.remove(fx_agent_call, ["subject"]) with data.sidecar.defaults as fx_defaults_set("/fallback_tenant", "acme")
 	"caller has no tenant" in d.reasons
 }
 
@@ -55,7 +55,7 @@ test_setting_prefers_tenant_then_defaults if {
 }
 
 test_explicit_null_in_tenant_overrides_default if {
-	setting("rate_limit") == null with input as fx_agent_call with data.sidecar.tenants.acme.rate_limit as null
+	setting("rate_limit") == null with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/rate_limit", null)
 }
 
 test_setting2_merges_one_level if {

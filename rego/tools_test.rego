@@ -16,7 +16,7 @@ test_globex_denies_tool_types if {
 }
 
 test_tool_patterns if {
-	not decision.allow with input as fx_call({"request": {"tools": ["computer_use_preview"]}}) with data.sidecar.tenants.acme.tools.denied as ["computer_use*"]
+	not decision.allow with input as fx_call({"request": {"tools": ["computer_use_preview"]}}) with data.sidecar.tenants as fx_tenants_set("/acme/tools", {"denied": ["computer_use*"]})
 }
 
 test_tools_not_a_list_is_ignored if {
@@ -25,5 +25,5 @@ test_tools_not_a_list_is_ignored if {
 }
 
 test_no_tool_config_means_no_tool_denied if {
-	denied_tools == [] with data.sidecar.defaults.tools as {} with input as fx_agent_call
+	denied_tools == [] with data.sidecar.defaults as fx_defaults_set("/tools", {}) with input as fx_agent_call
 }

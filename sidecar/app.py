@@ -117,16 +117,12 @@ class Sidecar:
         return web.json_response(doc, status=200 if ready else 503)
 
 
-async def serve(settings: Settings, started: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then stop accepting, finish in-flight calls, and exit."""
-    sidecar = await Sidecar.create(settings)
-    await sidecar.start()
+async def listen(sidecar: Sidecar) -> list[web.AppRunner]:
+    """Start the data and admin listeners; cleaning up the returned runners stops them (data first)."""
+    settings = sidecar.settings
     runners = [
         web.AppRunner(
-            sidecar.data_app(),
-            handle_signals=False,
-            access_log=None,
-            shutdown_timeout=settings.shutdown_timeout,
+            sidecar.data_app(), handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout
         ),
         web.AppRunner(sidecar.admin_app(), handle_signals=False, access_log=None),
     ]
@@ -134,6 +130,14 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> Non
         await runner.setup()
     await web.TCPSite(runners[0], settings.host, settings.port, reuse_address=True).start()
     await web.TCPSite(runners[1], settings.admin_host, settings.admin_port, reuse_address=True).start()
+    return runners
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then stop accepting, finish in-flight calls, and exit."""
+    sidecar = await Sidecar.create(settings)
+    await sidecar.start()
+    runners = await listen(sidecar)
     log.info(
         "sidecar serving",
         extra={
@@ -148,12 +152,10 @@ async def serve(settings: Settings, started: asyncio.Event | None = None) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if started is not None:
-        started.set()
     await stop.wait()
     log.info("draining", extra={"timeout_s": settings.shutdown_timeout})
     sidecar.draining = True
-    await runners[0].cleanup()  # stops listening, then waits for in-flight handlers
-    await runners[1].cleanup()
+    for runner in runners:
+        await runner.cleanup()  # stops listening, then waits for in-flight handlers
     await sidecar.close()
     log.info("stopped")

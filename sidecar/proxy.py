@@ -21,7 +21,7 @@ from sidecar.pipeline.decide import Decider, build_input
 from sidecar.pipeline.enforce import Enforcer, Plan
 from sidecar.pipeline.forward import Forwarder
 from sidecar.pipeline.inspect import PiiScanner, read_payload, summarize
-from sidecar.pipeline.settle import Settler
+from sidecar.pipeline.settle import HideUsageChunk, Settler
 from sidecar.pipeline.stream import BodyTransform, EventTransform, relay
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ class Proxy:
             call.upstream_latency_ms = round((time.perf_counter() - started) * 1000, 3)
             try:
                 transforms = self.transforms(call, plan)
+                if plan.hide_usage_chunk:
+                    transforms.events.append(HideUsageChunk())
                 response = await relay(request, upstream, call, transforms.events, transforms.body)
             finally:
                 upstream.release()

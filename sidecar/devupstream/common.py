@@ -90,6 +90,7 @@ class DevState:
 
 
 STATE_KEY = web.AppKey("devupstream_state", DevState)
+LOG_ENTRY_KEY = web.RequestKey("devupstream_log_entry", dict)
 
 
 def state_of(request: web.Request) -> DevState:
@@ -136,14 +137,15 @@ def error_response(
     message: str | None = None,
     *,
     type_: str | None = None,
-    code: str | None | _Default = DEFAULT_CODE,
+    code: str | _Default | None = DEFAULT_CODE,
     param: str | None = None,
 ) -> web.Response:
     """An OpenAI-style error (`{"error": {message, type, param, code}}`) with the given status."""
     d_type, d_code, d_msg = _ERROR_DEFAULTS.get(
         status, ("server_error" if status >= 500 else "invalid_request_error", "dev_upstream_error", "Error.")
     )
-    body = error_body(message or d_msg, type_ or d_type, d_code if isinstance(code, _Default) else code, param)
+    code = d_code if isinstance(code, _Default) else code
+    body = error_body(message or d_msg, type_ or d_type, code, param)
     return web.Response(status=status, text=dumps(body), content_type="application/json")
 
 

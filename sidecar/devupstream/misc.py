@@ -14,6 +14,7 @@ from aiohttp import BodyPartReader, web
 from .common import (
     FILE_CONTENT_LIMIT,
     JSON,
+    LOG_ENTRY_KEY,
     STORE_LIMIT,
     ApiError,
     StoredFile,
@@ -203,8 +204,8 @@ async def create_file(request: web.Request) -> web.Response:
             await part.release()
     if filename is None:
         raise ApiError(400, "Missing required parameter: 'file'.", param="file")
-    entry = request.get("dev_log_entry")
-    if isinstance(entry, dict):
+    entry = request.get(LOG_ENTRY_KEY)
+    if entry is not None:
         entry["body_bytes"] = request.content_length or size
     meta: JSON = {
         "id": state.next_id("file-"),

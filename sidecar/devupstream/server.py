@@ -18,6 +18,7 @@ from .common import (
     HDR_DROP,
     HDR_FAIL,
     JSON,
+    LOG_ENTRY_KEY,
     STATE_KEY,
     ApiError,
     DevState,
@@ -95,7 +96,7 @@ async def dev_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     state = state_of(request)
     state.requests += 1
     entry = await _record(request, state)
-    request["dev_log_entry"] = entry
+    request[LOG_ENTRY_KEY] = entry
 
     delay = state.latency_s + header_ms(request, HDR_DELAY)
     if delay > 0:

@@ -16,6 +16,7 @@ from sidecar.documents import Decision
 from sidecar.errors import no_retry
 from sidecar.pipeline.context import Call
 from sidecar.pipeline.inspect import Payload, Summary
+from sidecar.pipeline.settle import request_stream_usage
 
 # Where each operation takes its output limit when the caller set none.
 _CAP_FIELD = {
@@ -33,6 +34,7 @@ class Plan:
     doc: dict[str, Any] | None
     restore: dict[str, str] | None = None  # placeholder -> original value, for this request only
     reservation: object | None = None
+    hide_usage_chunk: bool = False  # the sidecar asked for Chat stream usage; the caller did not
 
 
 class ApprovalGate(Protocol):
@@ -106,6 +108,9 @@ class Enforcer:
             changed = (
                 apply_output_cap(plan.doc, summary, call.operation, decision.max_output_tokens) or changed
             )
+            if call.operation == "chat.completions.create" and summary.stream:
+                plan.hide_usage_chunk = request_stream_usage(plan.doc)
+                changed = changed or plan.hide_usage_chunk
             if changed:
                 plan.body = orjson.dumps(plan.doc)
         if decision.require_approval:

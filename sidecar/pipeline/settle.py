@@ -51,3 +51,31 @@ def usage_from_event(data: Any) -> Usage | None:
     if isinstance(response, dict):  # response.completed / failed / incomplete
         return usage_from(response)
     return usage_from(data)  # the Chat usage chunk
+
+
+def request_stream_usage(doc: dict[str, Any]) -> bool:
+    """Make a streamed Chat call report usage (the Agents SDK does not ask for it).
+
+    Returns True when the caller had not asked, so the relay hides the extra usage chunk from it.
+    """
+    options = doc.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    doc["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return True
+
+
+class HideUsageChunk:
+    """Drops the Chat usage chunk (empty `choices`) that the sidecar asked for on the caller's behalf."""
+
+    def event(self, event: bytes) -> bytes:
+        if b'"usage"' in event and b'"choices"' in event:
+            from sidecar.pipeline.stream import event_data
+
+            data = event_data(event)
+            if isinstance(data, dict) and data.get("choices") == [] and data.get("usage"):
+                return b""
+        return event
+
+    def finish(self) -> bytes:
+        return b""

@@ -1,0 +1,204 @@
+"""Shared fixtures: real processes on free loopback ports.
+
+- `upstream`: `sidecar dev-upstream` (the only stand-in: the OpenAI API itself) in a subprocess.
+- `make_sidecar`: a sidecar in this test's event loop, built from settings exactly as `serve` does.
+- `opa_bin` / `opa_daemon`: the real `opa` binary (scripts/get-opa.sh) and `opa run --server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from sidecar import config
+from sidecar.app import Sidecar, listen
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "rego"
+PROVIDER_KEY = "sk-provider-SECRET-9f8e7d6c5b4a"
+ACME_KEY = "ck-acme-agent-key"
+GLOBEX_KEY = "ck-globex-agent-key"
+CALLERS = {
+    ACME_KEY: {"sub": "system:serviceaccount:agents:support-bot", "tenant": "acme", "groups": ["agents"]},
+    GLOBEX_KEY: {"sub": "system:serviceaccount:agents:globex-bot", "tenant": "globex", "groups": ["agents"]},
+    "ck-nobody-key": {"sub": "nobody", "tenant": "no-such-tenant", "groups": []},
+}
+
+os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers, even if not 200
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing answered at {url} within {timeout}s")
+
+
+@dataclass
+class Upstream:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    async def _get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
+            return await r.json()
+
+    async def requests(self) -> list[dict[str, Any]]:
+        return list(await self._get("/_dev/requests"))
+
+    async def stats(self) -> dict[str, int]:
+        return dict(await self._get("/_dev/stats"))
+
+    async def clear(self) -> None:
+        async with aiohttp.ClientSession() as s:
+            async with s.delete(self.url + "/_dev/requests"):
+                pass
+            async with s.delete(self.url + "/_dev/stats"):
+                pass
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[Upstream]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "dev-upstream", "--port", str(port), "--api-key", PROVIDER_KEY],
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/_dev/stats", proc=proc)
+        yield Upstream(url, proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    path.write_text(json.dumps(CALLERS))
+    return str(path)
+
+
+@dataclass
+class RunningSidecar:
+    url: str  # base URL for OpenAI clients (ends in /v1)
+    admin: str
+    sidecar: Sidecar
+    audit_path: Path
+    runners: list[web.AppRunner]
+
+    def audit(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line.strip()]
+
+    async def stop(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+        await self.sidecar.close()
+
+
+MakeSidecar = Callable[..., Awaitable[RunningSidecar]]
+
+
+@pytest.fixture
+async def make_sidecar(upstream: Upstream, keys_file: str, tmp_path: Path) -> AsyncIterator[MakeSidecar]:
+    running: list[RunningSidecar] = []
+
+    async def make(**env: str) -> RunningSidecar:
+        audit_path = tmp_path / f"audit-{len(running)}.log"
+        environ = {
+            "SIDECAR_PORT": str(free_port()),
+            "SIDECAR_ADMIN_PORT": str(free_port()),
+            "SIDECAR_UPSTREAM_URL": upstream.url,
+            "SIDECAR_UPSTREAM_API_KEY": PROVIDER_KEY,
+            "SIDECAR_STATIC_KEYS_FILE": keys_file,
+            "SIDECAR_AUDIT_LOG": str(audit_path),
+            "SIDECAR_BUNDLE": str(BUNDLE),
+            "SIDECAR_BUNDLE_WATCH": "false",
+            "SIDECAR_UPSTREAM_READ_TIMEOUT": "5",
+            **env,
+        }
+        settings = config.load(environ=environ)
+        sidecar = await Sidecar.create(settings)
+        await sidecar.start()
+        runners = await listen(sidecar)
+        handle = RunningSidecar(
+            f"http://127.0.0.1:{settings.port}/v1",
+            f"http://127.0.0.1:{settings.admin_port}",
+            sidecar,
+            audit_path,
+            runners,
+        )
+        running.append(handle)
+        return handle
+
+    yield make
+    for handle in running:
+        await handle.stop()
+
+
+@pytest.fixture(scope="session")
+def opa_bin() -> str:
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "get-opa.sh")], capture_output=True, text=True)
+    path = proc.stdout.strip()
+    if proc.returncode != 0 or not path or not os.access(path, os.X_OK):
+        pytest.fail(
+            "These tests need the real `opa` binary. Install it with `make opa` (scripts/get-opa.sh builds it "
+            f"offline from Debian packages), or put `opa` on PATH.\n{proc.stderr[-2000:]}"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def opa_daemon(opa_bin: str) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [opa_bin, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error", "-b", str(BUNDLE)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health", proc=proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
