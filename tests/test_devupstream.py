@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -24,8 +23,6 @@ from pydantic import TypeAdapter
 from sidecar.devupstream.common import count_tokens, sample_arguments, text_chunks, truncate_tokens
 from sidecar.devupstream.server import build_parser
 from tests.devupstream_fixtures import DevUpstream, running_dev_upstream
-
-os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 
 MODEL = "gpt-4o"
 USER_TEXT = "hello <EMAIL_ADDRESS_1>"  # 4 tokens: hello < EMAIL_ADDRESS_1 >

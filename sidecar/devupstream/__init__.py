@@ -27,8 +27,15 @@ SSE events), `x-dev-upstream-drop: 1` (close the connection without a response),
 `x-dev-upstream-stream-fail: 1` (error event mid-stream), `x-dev-upstream-reply: <text>` (answer this text),
 `x-dev-upstream-tool-args: <json>` (use these tool-call arguments).
 
-Test endpoints: `GET /_dev/requests[?path=...]` (request log, last 1000), `DELETE /_dev/requests`,
-`GET /_dev/stats`, `DELETE /_dev/stats`, `GET /_dev/health`.
+Test endpoints (never behind `--api-key`, never logged or counted):
+- `GET /_dev/requests[?path=/v1/...]`: the last 1000 requests, oldest first, each
+  `{"seq", "time", "method", "path", "query", "headers": {lower-case name: value}, "body": raw text
+  ("" for multipart uploads), "body_bytes", "status" (0 when dropped)}`; `DELETE /_dev/requests` clears it
+  and answers `{"cleared": n}`.
+- `GET /_dev/stats`: `{"requests", "streams_started", "streams_completed", "streams_cancelled"}` (a stream
+  is cancelled when its client goes away before the last event); `DELETE /_dev/stats` zeroes it.
+- `GET /_dev/health`: `{"status": "ok"}`.
+Every response carries an `x-request-id`.
 """
 
 from __future__ import annotations

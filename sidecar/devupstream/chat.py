@@ -14,7 +14,7 @@ from .common import (
     Plan,
     arg_chunks,
     count_input_tokens,
-    dumps,
+    dumps_bytes,
     error_body,
     header_flag,
     json_response,
@@ -102,7 +102,7 @@ def _stream_events(
 
     def chunk(delta: JSON, finish_reason: str | None = None) -> None:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        events.append(f"data: {dumps({**head, 'choices': [choice], **extra})}\n\n".encode())
+        events.append(b"data: " + dumps_bytes({**head, "choices": [choice], **extra}) + b"\n\n")
 
     if plan.tool_name is None:
         chunk({"role": "assistant", "content": "", "refusal": None})
@@ -123,11 +123,11 @@ def _stream_events(
         err = error_body(
             "Injected mid-stream failure (x-dev-upstream-stream-fail).", "server_error", "server_error"
         )
-        events.append(f"data: {dumps(err)}\n\n".encode())
+        events.append(b"data: " + dumps_bytes(err) + b"\n\n")
         return events
     chunk({}, finish)
     if include_usage:
-        events.append(f"data: {dumps({**head, 'choices': [], 'usage': usage})}\n\n".encode())
+        events.append(b"data: " + dumps_bytes({**head, "choices": [], "usage": usage}) + b"\n\n")
     events.append(_DONE)
     return events
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +37,23 @@ TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _DELTA_RE = re.compile(r"\s*(?:\w+|[^\w\s])")
 _TEXT_KEYS = ("content", "text", "output", "arguments", "tool_calls", "function")
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+def _json_encoder() -> Callable[[Any], bytes]:
+    """orjson when available (several times faster on the SSE hot path), else the standard library."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover
+        encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        return lambda value: encode(value).encode()
+    return orjson.dumps
+
+
+dumps_bytes: Callable[[Any], bytes] = _json_encoder()
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, as the real API sends it."""
-    return _dumps(value)
+    """Compact JSON text, as the real API sends it."""
+    return dumps_bytes(value).decode()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -146,7 +158,7 @@ def error_response(
     )
     code = d_code if isinstance(code, _Default) else code
     body = error_body(message or d_msg, type_ or d_type, code, param)
-    return web.Response(status=status, text=dumps(body), content_type="application/json")
+    return json_response(body, status)
 
 
 class ApiError(Exception):
@@ -166,7 +178,7 @@ class ApiError(Exception):
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=dumps(data), content_type="application/json")
+    return web.Response(status=status, body=dumps_bytes(data), content_type="application/json")
 
 
 async def read_json_object(request: web.Request) -> JSON:

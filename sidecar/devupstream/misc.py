@@ -20,6 +20,7 @@ from .common import (
     StoredFile,
     count_tokens,
     dumps,
+    dumps_bytes,
     json_response,
     read_json_object,
     require_model,
@@ -42,7 +43,7 @@ MODEL_IDS = (
     "omni-moderation-latest",
 )
 _MODELS = {m: {"id": m, "object": "model", "created": _CREATED, "owned_by": "system"} for m in MODEL_IDS}
-_MODELS_LIST_BODY = dumps({"object": "list", "data": list(_MODELS.values())})
+_MODELS_LIST_BODY = dumps_bytes({"object": "list", "data": list(_MODELS.values())})
 
 MODERATION_CATEGORIES = (
     "harassment",
@@ -74,7 +75,7 @@ EMBEDDING_DIMENSIONS = 8
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.Response(text=_MODELS_LIST_BODY, content_type="application/json")
+    return web.Response(body=_MODELS_LIST_BODY, content_type="application/json")
 
 
 async def get_model(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from .common import (
     Plan,
     arg_chunks,
     count_input_tokens,
-    dumps,
+    dumps_bytes,
     header_flag,
     json_response,
     make_plan,
@@ -151,7 +151,7 @@ class _Events:
     def add(self, type_: str, **fields: Any) -> None:
         payload = {"type": type_, "sequence_number": self.seq, **fields}
         self.seq += 1
-        self.events.append(f"event: {type_}\ndata: {dumps(payload)}\n\n".encode())
+        self.events.append(b"event: " + type_.encode() + b"\ndata: " + dumps_bytes(payload) + b"\n\n")
 
 
 def _stream_events(
