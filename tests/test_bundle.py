@@ -106,6 +106,7 @@ def test_json_hash_is_canonical() -> None:
     assert a != b  # 2.50 vs 2.5
     c = signing.file_hash("data.json", b'{"a":{"x":null,"y":"\xc3\xa9"},"b":[1,2.50]}')
     assert a == c
+    assert signing.file_hash("other.json", b'{"a": 1}') != signing.file_hash("other.json", b'{"a":1}')  # raw bytes
 
 
 def test_tarball_path_traversal_is_ignored(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """OPA bundle signatures (`.signatures.json`): produce them and verify them the way OPA does.
 
-The signature is a JWS whose payload lists every bundle file with its SHA-256 hash. OPA hashes `.json`
-files over a canonical form of the parsed document (keys sorted, no whitespace, numbers as written)
-and every other file over its raw bytes; the same rules apply here so bundles move freely between
+The signature is a JWS whose payload lists every bundle file with its SHA-256 hash. OPA hashes
+`data.json`, `data.yaml` and `.manifest` over a canonical form of the parsed document (keys sorted, no
+whitespace, numbers as written) and every other file over its raw bytes; the same rules apply here so bundles move freely between
 `sidecar policy build` and `opa run --verification-key`.
 """
 
@@ -13,10 +13,12 @@ import json
 from pathlib import PurePosixPath
 from typing import Any
 
+import yaml
+
 from jose import jws
 from jose.exceptions import JOSEError
 
-from sidecar.policy.bundle import SIGNATURES, BundleError
+from sidecar.policy.bundle import MANIFEST, SIGNATURES, BundleError
 
 
 class _Number(str):
@@ -48,24 +50,31 @@ def _walk(value: Any, out: list[bytes]) -> None:
         out.append(b"]")
     elif isinstance(value, _Number):
         out.append(str(value).encode())
+    elif isinstance(value, bool):
+        out.append(b"true" if value else b"false")
+    elif isinstance(value, int | float):
+        out.append(json.dumps(value).encode())
     elif isinstance(value, str):
         out.append(_encode_string(value))
-    elif value is True:
-        out.append(b"true")
-    elif value is False:
-        out.append(b"false")
     elif value is None:
         out.append(b"null")
     else:
         raise BundleError(f"unexpected JSON value {value!r}")
 
 
+# OPA treats these files as structured documents (bundle.IsStructuredDoc) and everything else as bytes.
+_STRUCTURED = frozenset({"data.json", "data.yaml", "data.yml", MANIFEST})
+
+
 def file_hash(name: str, content: bytes) -> str:
-    if PurePosixPath(name).suffix == ".json":
+    if PurePosixPath(name).name in _STRUCTURED:
         try:
             doc = json.loads(content, parse_int=_Number, parse_float=_Number)
-        except ValueError as exc:
-            raise BundleError(f"{name}: not JSON: {exc}") from None
+        except ValueError:
+            try:
+                doc = yaml.safe_load(content)
+            except yaml.YAMLError as exc:
+                raise BundleError(f"{name}: neither JSON nor YAML: {exc}") from None
         parts: list[bytes] = []
         _walk(doc, parts)
         content = b"".join(parts)
