@@ -85,7 +85,9 @@ async def refusals(base_url: str) -> list[tuple[str, str]]:
     try:
         await client.responses.create(model="o1-pro", input="hello")
     except openai.PermissionDeniedError as exc:
-        rows.append(("model o1-pro", f"403 {exc.code}: {exc.body['message'] if isinstance(exc.body, dict) else exc}"))
+        rows.append(
+            ("model o1-pro", f"403 {exc.code}: {exc.body['message'] if isinstance(exc.body, dict) else exc}")
+        )
     try:
         await client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file="file-abc")
     except openai.PermissionDeniedError as exc:
@@ -138,7 +140,9 @@ def main() -> int:
         upstream.wait(15)
 
     verify = subprocess.run(
-        [sys.executable, "-m", "sidecar", "audit", "verify", str(work / "audit.log")], capture_output=True, text=True
+        [sys.executable, "-m", "sidecar", "audit", "verify", str(work / "audit.log")],
+        capture_output=True,
+        text=True,
     )
     keys = {r["headers"].get("authorization") for r in seen}
     print("\n=== sidecar demo ===")
@@ -149,7 +153,9 @@ def main() -> int:
     print("\nrefused by the sidecar:")
     for what, outcome in refused:
         print(f"  {what:20} {outcome}")
-    print(f"\nupstream saw {len(seen)} calls, all with the provider key: {keys == {'Bearer ' + PROVIDER_KEY}}")
+    print(
+        f"\nupstream saw {len(seen)} calls, all with the provider key: {keys == {'Bearer ' + PROVIDER_KEY}}"
+    )
     print(f"the agent never held the provider key; it used {CALLER_KEY!r}")
     print(f"audit log: {(verify.stdout or verify.stderr).strip()}")
     ok = len(agent_rows) == 4 and all("Sunny" in r[2] for r in agent_rows) and len(refused) == 4

@@ -122,7 +122,10 @@ async def listen(sidecar: Sidecar) -> list[web.AppRunner]:
     settings = sidecar.settings
     runners = [
         web.AppRunner(
-            sidecar.data_app(), handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_timeout
+            sidecar.data_app(),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout,
         ),
         web.AppRunner(sidecar.admin_app(), handle_signals=False, access_log=None),
     ]

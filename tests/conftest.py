@@ -183,7 +183,17 @@ def opa_bin() -> str:
 def opa_daemon(opa_bin: str) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [opa_bin, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error", "-b", str(BUNDLE)],
+        [
+            opa_bin,
+            "run",
+            "--server",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "error",
+            "-b",
+            str(BUNDLE),
+        ],
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

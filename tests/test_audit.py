@@ -1,3 +1,4 @@
+import itertools
 import json
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def test_records_have_the_spec_fields_and_chain(tmp_path: Path) -> None:
         assert set(record["budget"]) == {"reserved", "used", "refunded"}
         assert set(record["latency_ms"]) >= {"total", "policy", "pii", "budget"}
     assert records[0]["prev_hash"] == GENESIS
-    assert all(b["prev_hash"] == a["hash"] for a, b in zip(records, records[1:], strict=False))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(records))
     assert verify(str(path)) == (True, "4 records, chain intact")
 
 

@@ -23,10 +23,14 @@ def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("keys")
     private, public = folder / "private.pem", folder / "public.pem"
     private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     return private, public
 
@@ -51,7 +55,7 @@ def test_nested_data_files_land_at_their_path(tmp_path: Path) -> None:
 def test_bundle_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="no such file"):
         bundles.load(tmp_path / "missing")
-    with pytest.raises(BundleError, match="no .rego files"):
+    with pytest.raises(BundleError, match=r"no \.rego files"):
         bundles.load(tmp_path)
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(b"not a tarball")
@@ -106,7 +110,9 @@ def test_json_hash_is_canonical() -> None:
     assert a != b  # 2.50 vs 2.5
     c = signing.file_hash("data.json", b'{"a":{"x":null,"y":"\xc3\xa9"},"b":[1,2.50]}')
     assert a == c
-    assert signing.file_hash("other.json", b'{"a": 1}') != signing.file_hash("other.json", b'{"a":1}')  # raw bytes
+    assert signing.file_hash("other.json", b'{"a": 1}') != signing.file_hash(
+        "other.json", b'{"a":1}'
+    )  # raw bytes
 
 
 def test_tarball_path_traversal_is_ignored(tmp_path: Path) -> None:

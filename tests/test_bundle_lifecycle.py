@@ -29,10 +29,14 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("signing")
     private, public = folder / "private.pem", folder / "public.pem"
     private.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     return private, public
 
@@ -85,7 +89,9 @@ async def test_directory_reload_is_atomic_under_load(make_sidecar: MakeSidecar, 
 
     assert not [o for o in outcomes if o.startswith("error")]
     first_denied = outcomes.index("denied")
-    assert first_denied > 0 and set(outcomes[first_denied + 8 :]) == {"denied"}  # after the swap: new policy only
+    assert first_denied > 0 and set(outcomes[first_denied + 8 :]) == {
+        "denied"
+    }  # after the swap: new policy only
     assert sc.sidecar.engine.revision == "rev-blocked"  # the broken edit was refused
     assert sc.sidecar.reloader is not None and sc.sidecar.reloader.failures >= 1
     revisions = {r["bundle"]["revision"] for r in sc.audit()}

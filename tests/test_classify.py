@@ -60,5 +60,13 @@ def test_spec_operations_are_covered() -> None:
         "batches.create", "realtime.client_secrets.create", "traces.ingest",
     ]:  # fmt: skip
         assert required in named
-    for family in ["uploads.", "fine_tuning.jobs.", "batches.", "vector_stores.", "conversations.", "audio.", "images."]:
+    for family in [
+        "uploads.",
+        "fine_tuning.jobs.",
+        "batches.",
+        "vector_stores.",
+        "conversations.",
+        "audio.",
+        "images.",
+    ]:
         assert any(op.startswith(family) for op in named), family

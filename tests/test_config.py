@@ -17,7 +17,9 @@ def test_defaults_follow_the_spec(tmp_path: Path) -> None:
 
 def test_environment_wins_over_file(tmp_path: Path) -> None:
     cfg = tmp_path / "sidecar.yaml"
-    cfg.write_text("port: 9000\nupstream_url: http://file\nSIDECAR_FAIL_MODE: open\nstatic_keys_file: k.json\n")
+    cfg.write_text(
+        "port: 9000\nupstream_url: http://file\nSIDECAR_FAIL_MODE: open\nstatic_keys_file: k.json\n"
+    )
     s = config.load(str(cfg), environ={"SIDECAR_PORT": "9100"})
     assert s.port == 9100 and s.upstream_url == "http://file" and s.fail_open
 
@@ -38,8 +40,14 @@ def test_key_file_is_read(tmp_path: Path) -> None:
         ({"SIDECAR_FAIL_MODE": "sometimes", "SIDECAR_STATIC_KEYS_FILE": "k"}, "SIDECAR_FAIL_MODE"),
         ({}, "SIDECAR_STATIC_KEYS_FILE"),
         ({"SIDECAR_PORT": "eighty", "SIDECAR_STATIC_KEYS_FILE": "k"}, "port"),
-        ({"SIDECAR_INPUT_HEADERS": "x-tenant-id,authorization", "SIDECAR_STATIC_KEYS_FILE": "k"}, "credentials"),
-        ({"SIDECAR_UPSTREAM_API_KEY_FILE": "/nonexistent", "SIDECAR_STATIC_KEYS_FILE": "k"}, "does not exist"),
+        (
+            {"SIDECAR_INPUT_HEADERS": "x-tenant-id,authorization", "SIDECAR_STATIC_KEYS_FILE": "k"},
+            "credentials",
+        ),
+        (
+            {"SIDECAR_UPSTREAM_API_KEY_FILE": "/nonexistent", "SIDECAR_STATIC_KEYS_FILE": "k"},
+            "does not exist",
+        ),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], message: str) -> None:

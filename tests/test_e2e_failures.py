@@ -17,8 +17,13 @@ from tests.conftest import ACME_KEY, MakeSidecar, Upstream, eventually, free_por
 AUTH = {"Authorization": f"Bearer {ACME_KEY}"}
 
 
-async def _post(url: str, data: Any = None, headers: dict[str, str] | None = None, **kw: Any) -> tuple[int, Any, Any]:
-    async with aiohttp.ClientSession() as s, s.post(url, data=data, headers={**AUTH, **(headers or {})}, **kw) as r:
+async def _post(
+    url: str, data: Any = None, headers: dict[str, str] | None = None, **kw: Any
+) -> tuple[int, Any, Any]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(url, data=data, headers={**AUTH, **(headers or {})}, **kw) as r,
+    ):
         body = await r.read()
         return r.status, r.headers, json.loads(body) if body else None
 
@@ -73,7 +78,9 @@ async def test_oversized_bodies_get_413(make_sidecar: MakeSidecar, upstream: Ups
 
 async def test_unknown_paths(make_sidecar: MakeSidecar) -> None:
     sc = await make_sidecar()
-    status, headers, body = await _post(sc.url + "/not-an-endpoint", b"{}", {"Content-Type": "application/json"})
+    status, headers, body = await _post(
+        sc.url + "/not-an-endpoint", b"{}", {"Content-Type": "application/json"}
+    )
     assert status == 403  # operation `unknown`: denied by default
     _is_openai_error(body, "policy_violation")
     assert headers["x-should-retry"] == "false"
@@ -126,7 +133,9 @@ async def test_upstream_dropping_mid_request_is_502(make_sidecar: MakeSidecar) -
     _is_openai_error(body, "upstream_unavailable")
 
 
-async def test_client_disconnect_cancels_the_upstream_stream(make_sidecar: MakeSidecar, upstream: Upstream) -> None:
+async def test_client_disconnect_cancels_the_upstream_stream(
+    make_sidecar: MakeSidecar, upstream: Upstream
+) -> None:
     sc = await make_sidecar()
     await upstream.clear()
     body = {"model": "gpt-4o", "input": "tell me a long story " * 20, "stream": True}
@@ -156,7 +165,9 @@ async def test_chat_usage_chunk_is_hidden_unless_asked(make_sidecar: MakeSidecar
     sc = await make_sidecar()
     client = openai.AsyncOpenAI(base_url=sc.url, api_key=ACME_KEY, max_retries=0)
     messages: Any = [{"role": "user", "content": "hi"}]
-    plain = [c async for c in await client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)]
+    plain = [
+        c async for c in await client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+    ]
     assert all(c.usage is None for c in plain) and all(c.choices for c in plain)
     asked = [
         c
@@ -203,8 +214,8 @@ async def test_engine_error_is_503_policy_unavailable(
 ) -> None:
     # A conflict at evaluation time: the engine cannot answer for this input.
     rego = (
-        "package sidecar\n\ndecision := {\"allow\": true} if { input.request.model }\n"
-        "decision := {\"allow\": false} if { input.request.stream == false }\n"
+        'package sidecar\n\ndecision := {"allow": true} if { input.request.model }\n'
+        'decision := {"allow": false} if { input.request.stream == false }\n'
     )
     sc = await make_sidecar(SIDECAR_BUNDLE=_bundle(tmp_path, rego))
     await upstream.clear()

@@ -18,7 +18,7 @@ from sidecar.policy.embedded import EmbeddedEngine
 from sidecar.policy.engine import EngineError
 from tests.conftest import ACME_KEY, BUNDLE, MakeSidecar, Upstream, free_port
 
-OPERATIONS = sorted({op for _, _, op in TABLE}) + ["unknown", "organization.users.read"]
+OPERATIONS = [*sorted({op for _, _, op in TABLE}), "unknown", "organization.users.read"]
 MODELS = [None, "gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4-turbo", "o1-pro", "gpt-4-32k", "text-embedding-3-small",
           "omni-moderation-latest", "", "GPT-4O", "gpt-4o-2024-08-06"]  # fmt: skip
 TENANTS = ["acme", "globex", "initech", None, ""]
@@ -31,7 +31,12 @@ def make_input(rng: random.Random, n: int) -> dict[str, Any]:
     for window in rng.sample(["minute", "hour", "day", "month"], rng.randint(0, 3)):
         limit = rng.choice([1000, 200_000, 2_000_000])
         used = rng.randint(0, limit)
-        windows[window] = {"limit": limit, "used": used, "remaining": limit - used, "resets_at": "2026-11-25T00:00:00Z"}
+        windows[window] = {
+            "limit": limit,
+            "used": used,
+            "remaining": limit - used,
+            "resets_at": "2026-11-25T00:00:00Z",
+        }
     user = rng.choice([None, None, {"sub": "u1", "email": None, "groups": ["staff"]}])
     return {
         "version": 1,
@@ -66,7 +71,10 @@ def make_input(rng: random.Random, n: int) -> dict[str, Any]:
 HAND_WRITTEN: list[dict[str, Any]] = [
     {},
     {"version": 1},
-    {"request": {"operation": "responses.create", "model": "gpt-4o"}, "subject": {"authenticated": True, "tenant": "acme"}},
+    {
+        "request": {"operation": "responses.create", "model": "gpt-4o"},
+        "subject": {"authenticated": True, "tenant": "acme"},
+    },
 ]
 
 

@@ -2,8 +2,8 @@
 
 The signature is a JWS whose payload lists every bundle file with its SHA-256 hash. OPA hashes
 `data.json`, `data.yaml` and `.manifest` over a canonical form of the parsed document (keys sorted, no
-whitespace, numbers as written) and every other file over its raw bytes; the same rules apply here so bundles move freely between
-`sidecar policy build` and `opa run --verification-key`.
+whitespace, numbers as written) and every other file over its raw bytes; the same rules apply here, so
+bundles move freely between `sidecar policy build` and `opa run --verification-key`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
-
 from jose import jws
 from jose.exceptions import JOSEError
 

@@ -57,7 +57,8 @@ def run(directory: str) -> list[TestResult]:
     return results
 
 
-def report(results: list[TestResult], verbose: bool = True, out: TextIO = sys.stdout) -> int:
+def report(results: list[TestResult], verbose: bool = True, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     current = None
     for result in results:
         if not verbose and result.outcome == "PASS":

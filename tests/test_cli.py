@@ -1,0 +1,131 @@
+"""The `sidecar` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sidecar.cli import main
+from tests.conftest import ACME_KEY, BUNDLE, PROVIDER_KEY, Upstream, free_port, wait_http
+
+
+def test_policy_test_passes_on_the_shipped_bundle(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "data.sidecar.test_" in out and ": PASS (" in out
+    assert out.strip().splitlines()[-1].startswith("PASS: ")
+
+
+def test_policy_test_reports_failures_like_opa(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "p.rego").write_text("package demo\n\nallow if input.ok\n")
+    (tmp_path / "p_test.rego").write_text(
+        'package demo\n\ntest_ok if allow with input as {"ok": true}\n\n'
+        'test_broken if allow with input as {"ok": false}\n\ntodo_test_later if false\n'
+    )
+    assert main(["policy", "test", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "data.demo.test_ok: PASS" in out and "data.demo.test_broken: FAIL" in out
+    assert "data.demo.todo_test_later: SKIPPED" in out
+    assert "PASS: 1/3" in out and "FAIL: 1/3" in out
+
+
+def test_policy_eval_prints_the_decision(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = {
+        "version": 1,
+        "request": {"operation": "responses.create", "model": "o1-pro", "tools": [], "headers": {}},
+        "subject": {"authenticated": True, "tenant": "acme", "groups": [], "user": None},
+        "pii": {"request": {}},
+        "budget": {"tenant": "acme", "windows": {}},
+        "approval": {"id": None, "status": "none"},
+    }
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(doc))
+    assert main(["policy", "eval", "--input", str(path)]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["allow"] is False and any("o1-pro" in r for r in decision["reasons"])
+
+
+def test_policy_build_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b.tar.gz"
+    assert main(["policy", "build", str(BUNDLE), "-o", str(out), "--revision", "ci-7"]) == 0
+    with tarfile.open(out) as tar:
+        manifest = json.load(tar.extractfile("/.manifest"))  # type: ignore[arg-type]
+    assert manifest["revision"] == "ci-7"
+    assert main(["policy", "build", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_configuration(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SIDECAR_AUTH_MODE": "static",
+        "SIDECAR_STATIC_KEYS_FILE": str(tmp_path / "none.json"),
+    }
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "serve"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "SIDECAR_STATIC_KEYS_FILE" in proc.stderr
+
+
+def test_serve_drains_in_flight_calls_on_sigterm(upstream: Upstream, keys_file: str, tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SIDECAR_PORT": str(port),
+        "SIDECAR_ADMIN_PORT": str(admin),
+        "SIDECAR_UPSTREAM_URL": upstream.url,
+        "SIDECAR_UPSTREAM_API_KEY": PROVIDER_KEY,
+        "SIDECAR_STATIC_KEYS_FILE": keys_file,
+        "SIDECAR_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=env, stderr=subprocess.PIPE)
+    try:
+        wait_http(f"http://127.0.0.1:{admin}/readyz", proc=proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz") as resp:
+            ready = json.load(resp)
+        assert ready["ready"] and ready["bundle"]["revision"] == "sidecar-policy-2026.11.24-1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz") as resp:
+            assert json.load(resp) == {"status": "ok"}
+
+        body = json.dumps(
+            {"model": "gpt-4o", "input": "a slow streamed answer please", "stream": True}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/responses",
+            data=body,
+            headers={
+                "Authorization": f"Bearer {ACME_KEY}",
+                "Content-Type": "application/json",
+                "x-dev-upstream-stream-delay-ms": "60",
+            },
+        )
+        received: list[bytes] = []
+        started = threading.Event()
+
+        def consume() -> None:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                for line in resp:
+                    received.append(line)
+                    started.set()
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        assert started.wait(10)
+        proc.send_signal(signal.SIGTERM)
+        reader.join(30)
+        assert proc.wait(30) == 0
+        text = b"".join(received).decode()
+        assert "event: response.completed" in text  # the in-flight stream finished before exit
+        logs = proc.stderr.read().decode() if proc.stderr else ""
+        assert '"msg":"draining"' in logs and '"msg":"stopped"' in logs
+        assert PROVIDER_KEY not in logs and ACME_KEY not in logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
