@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+PYDIRS := $(wildcard sidecar tests bench examples scripts)
 OPA     = $(shell bash scripts/get-opa.sh)
 
 .PHONY: install run demo test lint fmt bench policy-test opa clean
@@ -32,15 +33,15 @@ policy-test: install ## opa test on the shipped bundle, with coverage >= 90%
 	$(BIN)/sidecar policy test rego/ -q
 
 lint: install ## ruff, formatting, mypy, opa fmt/check
-	$(BIN)/ruff check sidecar tests bench examples
-	$(BIN)/ruff format --check sidecar tests bench examples
+	$(BIN)/ruff check $(PYDIRS)
+	$(BIN)/ruff format --check $(PYDIRS)
 	$(BIN)/mypy
 	test -z "$$($(OPA) fmt --list rego/)" || { echo "rego/ is not opa-fmt clean: run opa fmt -w rego/"; exit 1; }
 	$(OPA) check --strict rego/
 
 fmt: install
-	$(BIN)/ruff format sidecar tests bench examples
-	$(BIN)/ruff check --fix sidecar tests bench examples
+	$(BIN)/ruff format $(PYDIRS)
+	$(BIN)/ruff check --fix $(PYDIRS)
 
 bench: install ## sidecar overhead vs a direct call, side by side with LiteLLM
 	OPA_BIN=$(OPA) $(BIN)/python bench/bench.py
