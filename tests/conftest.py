@@ -168,6 +168,28 @@ async def make_sidecar(upstream: Upstream, keys_file: str, tmp_path: Path) -> As
 
 
 @pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An RSA key pair for bundle signing: (private PEM path, public PEM path)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    folder = tmp_path_factory.mktemp("signing")
+    private, public = folder / "private.pem", folder / "public.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+@pytest.fixture(scope="session")
 def opa_bin() -> str:
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "get-opa.sh")], capture_output=True, text=True)
     path = proc.stdout.strip()

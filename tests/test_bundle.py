@@ -17,24 +17,6 @@ from sidecar.policy.bundle import BundleError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    folder = tmp_path_factory.mktemp("keys")
-    private, public = folder / "private.pem", folder / "public.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
-
-
 def test_shipped_bundle_loads() -> None:
     bundle = bundles.load(ROOT / "rego")
     assert bundle.revision and bundle.manifest.get("roots") == ["sidecar"]
@@ -74,8 +56,10 @@ def test_build_writes_an_opa_layout(tmp_path: Path) -> None:
     assert loaded.revision == "r42" and loaded.data == bundles.load(ROOT / "rego").data
 
 
-def test_signed_bundle_verifies_and_tampering_is_refused(tmp_path: Path, keypair: tuple[Path, Path]) -> None:
-    private, public = keypair
+def test_signed_bundle_verifies_and_tampering_is_refused(
+    tmp_path: Path, signing_keys: tuple[Path, Path]
+) -> None:
+    private, public = signing_keys
     out = tmp_path / "signed.tar.gz"
     build(str(ROOT / "rego"), str(out), signing_key=str(private), keyid="ci")
     files = bundles.read_files(out)

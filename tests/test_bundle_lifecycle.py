@@ -11,8 +11,6 @@ from pathlib import Path
 import openai
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.app import Sidecar
 from sidecar.config import load as load_settings
@@ -21,24 +19,6 @@ from sidecar.policy import signing
 from sidecar.policy.build import build
 from sidecar.policy.bundle import BundleError
 from tests.conftest import ACME_KEY, BUNDLE, MakeSidecar, eventually, free_port, wait_http
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    folder = tmp_path_factory.mktemp("signing")
-    private, public = folder / "private.pem", folder / "public.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
 
 
 def _copy_bundle(tmp_path: Path) -> Path:
@@ -128,9 +108,9 @@ async def _serve_bundles(server: BundleServer) -> tuple[str, web.AppRunner]:
 
 
 async def test_bundle_url_polling_with_etag_and_signatures(
-    make_sidecar: MakeSidecar, tmp_path: Path, keys: tuple[Path, Path]
+    make_sidecar: MakeSidecar, tmp_path: Path, signing_keys: tuple[Path, Path]
 ) -> None:
-    private, public = keys
+    private, public = signing_keys
     folder = _copy_bundle(tmp_path)
     first, second, forged = tmp_path / "1.tar.gz", tmp_path / "2.tar.gz", tmp_path / "3.tar.gz"
     build(str(folder), str(first), revision="r1", signing_key=str(private), keyid="ci")
@@ -176,9 +156,9 @@ async def test_bundle_url_polling_with_etag_and_signatures(
 
 
 async def test_unsigned_or_tampered_bundle_is_refused_at_start(
-    tmp_path: Path, keys: tuple[Path, Path], keys_file: str
+    tmp_path: Path, signing_keys: tuple[Path, Path], keys_file: str
 ) -> None:
-    private, public = keys
+    private, public = signing_keys
     signed = tmp_path / "signed.tar.gz"
     build(str(BUNDLE), str(signed), signing_key=str(private), keyid="ci")
     env = {
@@ -221,8 +201,10 @@ def _opa_serves(opa_bin: str, bundle: Path, public: Path, keyid: str) -> tuple[b
         proc.wait(10)
 
 
-def test_real_opa_accepts_our_signed_bundles(opa_bin: str, tmp_path: Path, keys: tuple[Path, Path]) -> None:
-    private, public = keys
+def test_real_opa_accepts_our_signed_bundles(
+    opa_bin: str, tmp_path: Path, signing_keys: tuple[Path, Path]
+) -> None:
+    private, public = signing_keys
     signed = tmp_path / "signed.tar.gz"
     build(str(BUNDLE), str(signed), signing_key=str(private), keyid="ci")
     ok, output = _opa_serves(opa_bin, signed, public, "ci")
@@ -244,8 +226,10 @@ def test_real_opa_accepts_our_signed_bundles(opa_bin: str, tmp_path: Path, keys:
     assert not ok and "digest mismatch" in output, output
 
 
-def test_we_accept_bundles_signed_by_opa(opa_bin: str, tmp_path: Path, keys: tuple[Path, Path]) -> None:
-    private, public = keys
+def test_we_accept_bundles_signed_by_opa(
+    opa_bin: str, tmp_path: Path, signing_keys: tuple[Path, Path]
+) -> None:
+    private, public = signing_keys
     out = tmp_path / "opa-built.tar.gz"
     subprocess.run(
         [opa_bin, "build", "-b", str(BUNDLE), "-o", str(out), "--signing-key", str(private), "--signing-alg", "RS256"],
