@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -23,6 +24,9 @@ from sidecar.policy.embedded import EmbeddedEngine
 from sidecar.policy.engine import PolicyEngine
 from sidecar.policy.reload import BundleReloader, accept, load_configured
 from sidecar.proxy import Proxy, not_found
+
+if TYPE_CHECKING:
+    from sidecar.pii.scanner import PresidioScanner
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class Sidecar:
     engine: PolicyEngine
     proxy: Proxy
     reloader: BundleReloader | None = None
+    scanner: PresidioScanner | None = None
     draining: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -61,20 +66,30 @@ class Sidecar:
             embedded = EmbeddedEngine(await initial_bundle(settings), settings.decision_path)
             reloader = BundleReloader(embedded, settings)
             engine = embedded
+        scanner = None
+        if settings.pii_mode != "off":
+            from sidecar.pii.scanner import PresidioMasker, PresidioScanner, restore_transforms
+
+            scanner = PresidioScanner(settings)
         proxy = Proxy(
             settings=settings,
             authenticator=build_authenticator(settings),
             decider=Decider(engine, settings.fail_open),
-            enforcer=Enforcer(approvals=HoldForApproval()),
+            enforcer=Enforcer(approvals=HoldForApproval(), masker=PresidioMasker() if scanner else None),
             forwarder=Forwarder(settings),
             audit=AuditLog(settings.audit_log),
             revision=lambda: engine.revision,
+            pii=scanner,
         )
-        return cls(settings, engine, proxy, reloader)
+        if scanner is not None:
+            proxy.transforms = restore_transforms
+        return cls(settings, engine, proxy, reloader, scanner)
 
     async def start(self) -> None:
         await self.engine.start()
         await self.proxy.forwarder.start()
+        if self.scanner is not None:
+            await self.scanner.start()  # workers load their models now, not on the first call
         if isinstance(self.engine, DaemonEngine):
             with contextlib.suppress(Exception):
                 await self.engine.refresh_revision()

@@ -65,6 +65,13 @@ class Settings:
     tenant_claim: str = "tenant"
     audit_log: str = "-"
     fail_mode: str = "closed"
+    pii_mode: str = "ner"
+    pii_config: str = ""
+    pii_score_threshold: float = 0.35
+    pii_workers: int = 2
+    pii_max_tasks_per_child: int = 2000
+    pii_timeout: float = 10.0
+    pii_cache_entries: int = 50_000
     max_body_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 512 * 1024 * 1024
     input_headers: tuple[str, ...] = DEFAULT_INPUT_HEADERS
@@ -137,6 +144,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("SIDECAR_AUTH_MODE=static needs SIDECAR_STATIC_KEYS_FILE")
     if s.upstream_api_key_file and not Path(s.upstream_api_key_file).is_file():
         raise ConfigError(f"SIDECAR_UPSTREAM_API_KEY_FILE {s.upstream_api_key_file} does not exist")
+    if s.pii_mode not in {"patterns", "ner", "off"}:
+        raise ConfigError(f"SIDECAR_PII_MODE must be patterns, ner or off, not {s.pii_mode!r}")
     if s.event_loop not in {"uvloop", "asyncio"}:
         raise ConfigError("SIDECAR_EVENT_LOOP must be uvloop or asyncio")
     if bad := NEVER_INPUT_HEADERS.intersection(s.input_headers):

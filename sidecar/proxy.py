@@ -78,7 +78,13 @@ class Proxy:
         call.model, call.stream = summary.model, summary.stream
         if self.pii is not None and payload.doc is not None:
             started = time.perf_counter()
-            call.pii_found = await self.pii.scan(call.operation, payload.doc)
+            try:
+                payload.pii = await self.pii.scan(call.operation, payload.doc)
+                call.pii_found = payload.pii.counts
+            except SidecarError:
+                if not self.settings.fail_open:
+                    raise
+                call.fail_open.append("pii")  # forwarded unscanned, by SIDECAR_FAIL_MODE=open
             call.timed("pii", started)
         doc = build_input(call, request, payload, summary, self.settings)
         call.decision = decision = await self.decider.decide(call, doc)

@@ -50,8 +50,8 @@ class BudgetGate(Protocol):
 
 
 class RequestMasker(Protocol):
-    async def mask(self, call: Call, decision: Decision, plan: Plan) -> None:
-        """Rewrite `plan.doc` per `decision.mask.request`, filling `plan.restore`."""
+    async def mask(self, call: Call, decision: Decision, plan: Plan, payload: Payload) -> None:
+        """Rewrite `plan.doc` per `decision.mask.request` using `payload.pii`, filling `plan.restore`."""
         ...
 
 
@@ -103,7 +103,7 @@ class Enforcer:
         if plan.doc is not None:
             changed = False
             if self._masker is not None and decision.mask.request.entities:
-                await self._masker.mask(call, decision, plan)
+                await self._masker.mask(call, decision, plan, payload)
                 changed = True
             changed = (
                 apply_output_cap(plan.doc, summary, call.operation, decision.max_output_tokens) or changed

@@ -28,6 +28,7 @@ class Payload:
     size: int  # bytes, or the declared Content-Length of a streamed body (-1 when unknown)
     doc: dict[str, Any] | None = None
     raw: bytes = b""
+    pii: PiiFindings | None = None  # what the scanner found, for the masker
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +40,14 @@ class Summary:
     tools: list[str]
 
 
-class PiiScanner(Protocol):
-    """Counts PII entities per type in the user content of a request (the PII capability fills this)."""
+class PiiFindings(Protocol):
+    counts: dict[str, int]  # entities found per type: all the policy ever sees of them
 
-    async def scan(self, operation: str, doc: dict[str, Any]) -> dict[str, int]: ...
+
+class PiiScanner(Protocol):
+    """Finds PII in the user content of a request."""
+
+    async def scan(self, operation: str, doc: dict[str, Any]) -> PiiFindings: ...
 
 
 async def read_payload(request: web.Request, settings: Settings) -> Payload:

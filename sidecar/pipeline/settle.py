@@ -68,7 +68,7 @@ def request_stream_usage(doc: dict[str, Any]) -> bool:
 class HideUsageChunk:
     """Drops the Chat usage chunk (empty `choices`) that the sidecar asked for on the caller's behalf."""
 
-    def event(self, event: bytes) -> bytes:
+    async def event(self, event: bytes) -> bytes:
         if b'"usage"' in event and b'"choices"' in event:
             from sidecar.pipeline.stream import event_data
 
@@ -77,5 +77,5 @@ class HideUsageChunk:
                 return b""
         return event
 
-    def finish(self) -> bytes:
+    async def finish(self) -> bytes:
         return b""

@@ -23,15 +23,18 @@ log = logging.getLogger(__name__)
 
 
 class EventTransform(Protocol):
-    """Rewrites a stream event by event (PII restore and response masking implement this)."""
+    """Rewrites a stream event by event (PII restore and response masking implement this).
 
-    def event(self, event: bytes) -> bytes: ...
+    `event` gets one complete SSE event and returns the bytes to send instead (several events, or none).
+    """
 
-    def finish(self) -> bytes: ...
+    async def event(self, event: bytes) -> bytes: ...
+
+    async def finish(self) -> bytes: ...
 
 
 class BodyTransform(Protocol):
-    def body(self, body: bytes) -> bytes: ...
+    async def body(self, body: bytes) -> bytes: ...
 
 
 class SseSplitter:
@@ -107,7 +110,7 @@ async def relay_sse(
                 events = splitter.feed(chunk)
                 for event in events:
                     _observe(call, event)
-                out = _apply(transforms, events) if transforms else chunk
+                out = await _apply(transforms, events) if transforms else chunk
                 if out:
                     await resp.write(out)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -117,7 +120,9 @@ async def relay_sse(
         else:
             rest = splitter.tail()
             if transforms:
-                rest = _apply(transforms, [rest] if rest else []) + b"".join(t.finish() for t in transforms)
+                rest = await _apply(transforms, [rest] if rest else [])
+                for transform in transforms:
+                    rest += await transform.finish()
             if rest:
                 await resp.write(rest)
         await resp.write_eof()
@@ -128,12 +133,13 @@ async def relay_sse(
     return resp
 
 
-def _apply(transforms: list[EventTransform], events: list[bytes]) -> bytes:
+async def _apply(transforms: list[EventTransform], events: list[bytes]) -> bytes:
     out: list[bytes] = []
     for event in events:
         rewritten = event
         for transform in transforms:
-            rewritten = transform.event(rewritten)
+            if rewritten:
+                rewritten = await transform.event(rewritten)
         out.append(rewritten)
     return b"".join(out)
 
@@ -145,7 +151,7 @@ async def relay_buffered(
     if upstream.status < 400:
         call.usage = usage_from_json_body(body)
         if transform is not None:
-            body = transform.body(body)
+            body = await transform.body(body)
     return web.Response(status=upstream.status, body=body, headers=downstream_headers(upstream, call))
 
 

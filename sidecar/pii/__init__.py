@@ -1,0 +1,1 @@
+"""PII detection (Presidio, offline) and masking for the sidecar."""

