@@ -7,7 +7,12 @@ target (c=1: warm-up + N requests; c=32: M requests), stop it. "Added" compares 
 direct run made just before it. CPU per request is utime+stime of the target's process (from
 /proc/<pid>/stat) over the run, divided by the requests. The load generator runs in its own process.
 
-    .venv/bin/python bench/bench.py [--quick] [--json FILE] [--chat] [--profile FILE.svg]
+    .venv/bin/python bench/bench.py [--quick] [--json FILE] [--chat] [--targets embedded,...]
+                                    [--profile FILE.svg]   # py-spy of the embedded sidecar
+
+The sidecar inherits the caller's SIDECAR_* settings (e.g. SIDECAR_PII_MODE=off), except those that
+pick the engine, listeners, upstream and keys, which the harness sets. `wrk` (apt-get install wrk) is
+used when installed, else bench/loadgen.py. LiteLLM is installed into .bench-venv on first use.
 
 It is a report: it exits 0 even when a target is missed (printed as MISS), and 1 only if nothing could
 be measured.
@@ -157,10 +162,15 @@ class Bench:
             self.measure(svc, upstream, self.counts.n32_slow if name == "litellm" else self.counts.n32)
             if name == "embedded" and self.args.profile:
                 self.profile(svc)
-        except (Skip, RuntimeError) as exc:
-            label = {"embedded": "sidecar embedded", "daemon": "sidecar daemon"}.get(name, name)
-            self.skipped[svc.name if svc else label] = str(exc)
-            note(f"{label}: skipped: {exc}")
+        except Exception as exc:  # one target failing must not lose the others' figures
+            label = (
+                svc.name
+                if svc
+                else {"embedded": "sidecar embedded", "daemon": "sidecar daemon"}.get(name, name)
+            )
+            why = str(exc) if isinstance(exc, Skip | RuntimeError) else f"{type(exc).__name__}: {exc}"
+            self.skipped[label] = f"{why} (logs: {self.launcher.logs})"
+            note(f"{label}: skipped: {why}")
         finally:
             if svc is not None:
                 self.children.stop(svc.proc)
@@ -247,11 +257,13 @@ class Bench:
         if self.args.json:
             Path(self.args.json).write_text(json.dumps(doc, indent=2) + "\n")
             print(f"\nfigures written to {self.args.json}")
-        if self.skipped:
-            print(f"logs of the skipped targets are kept in {self.workdir / 'logs'}")
-        else:
-            shutil.rmtree(self.workdir, ignore_errors=True)
         return 0 if self.rows else 1
+
+    def cleanup(self) -> None:
+        """Stop every process this run started; keep the work directory only if it explains a skip."""
+        self.children.stop_all()
+        if not self.skipped:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def audit_stages(path: Path, offset: int) -> dict[str, float]:
@@ -337,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nbench: interrupted; stopping every process it started", file=sys.stderr)
         return 130
     finally:
-        bench.children.stop_all()
+        bench.cleanup()
 
 
 if __name__ == "__main__":

@@ -276,7 +276,6 @@ class Detector:
 
     def __init__(self, config: PiiConfig) -> None:
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-        from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 
         rec.offline_tldextract()
         self.config = config
@@ -301,7 +300,7 @@ class Detector:
             supported_languages=["en"],
             default_score_threshold=config.score_threshold,
             # Five words before and two after a match count as its context.
-            context_aware_enhancer=LemmaContextAwareEnhancer(context_prefix_count=5, context_suffix_count=2),
+            context_aware_enhancer=rec.WindowContextEnhancer(prefix=5, suffix=2),
         )
 
     def analyze(self, text: str) -> list[Span]:
