@@ -68,7 +68,7 @@ class Sidecar:
             engine = embedded
         scanner = None
         if settings.pii_mode != "off":
-            from sidecar.pii.scanner import PresidioMasker, PresidioScanner, restore_transforms
+            from sidecar.pii.scanner import PresidioMasker, PresidioScanner
 
             scanner = PresidioScanner(settings)
         proxy = Proxy(
@@ -82,7 +82,7 @@ class Sidecar:
             pii=scanner,
         )
         if scanner is not None:
-            proxy.transforms = restore_transforms
+            proxy.transforms = scanner.transforms
         return cls(settings, engine, proxy, reloader, scanner)
 
     async def start(self) -> None:

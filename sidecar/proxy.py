@@ -41,7 +41,7 @@ class Transforms:
     """The relay's rewrites for one call (restore and response masking fill these in)."""
 
     events: list[EventTransform] = field(default_factory=list)
-    body: BodyTransform | None = None
+    bodies: list[BodyTransform] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -100,7 +100,7 @@ class Proxy:
                 transforms = self.transforms(call, plan)
                 if plan.hide_usage_chunk:
                     transforms.events.append(HideUsageChunk())
-                response = await relay(request, upstream, call, transforms.events, transforms.body)
+                response = await relay(request, upstream, call, transforms.events, transforms.bodies)
             finally:
                 upstream.release()
             ok = upstream.status < 400 and call.outcome == "pending"

@@ -156,3 +156,52 @@ async def test_detector_failure_fails_closed_or_open(make_sidecar: MakeSidecar, 
     client = openai.AsyncOpenAI(base_url=opened.url, api_key=ACME_KEY, max_retries=0)
     await client.responses.create(model="gpt-4o", input="fail open, unscanned 9c2e")
     assert opened.audit()[-1]["fail_open"] == ["pii"]
+
+
+CARD, SSN = "4111 1111 1111 1111", "536-90-4399"
+LONG_REPLY = (
+    ("All good here. " * 40) + f"Your card {CARD} is on file. " + ("More filler text. " * 30) + f"SSN {SSN}."
+)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("api", ["responses", "chat"])
+async def test_response_entities_are_masked_in_every_mode(
+    make_sidecar: MakeSidecar, api: str, stream: bool
+) -> None:
+    sc = await make_sidecar()
+    client = openai.AsyncOpenAI(base_url=sc.url, api_key=ACME_KEY, max_retries=0)
+    headers = {"x-dev-upstream-reply": LONG_REPLY}
+    seen = ""
+    if api == "responses" and stream:
+        final = ""
+        async for event in await client.responses.create(
+            model="gpt-4o", input="hi", stream=True, extra_headers=headers
+        ):
+            seen += event.model_dump_json()
+            if event.type == "response.output_text.delta":
+                final += event.delta
+            elif event.type == "response.completed":
+                assert event.response.output_text == final
+        text = final
+    elif api == "responses":
+        answer = await client.responses.create(model="gpt-4o", input="hi", extra_headers=headers)
+        text, seen = answer.output_text, answer.model_dump_json()
+    elif stream:
+        text = ""
+        messages: Any = [{"role": "user", "content": "hi"}]
+        async for chunk in await client.chat.completions.create(
+            model="gpt-4o", messages=messages, stream=True, extra_headers=headers
+        ):
+            seen += chunk.model_dump_json()
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+    else:
+        completion = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], extra_headers=headers
+        )
+        text, seen = completion.choices[0].message.content or "", completion.model_dump_json()
+    assert CARD not in seen and SSN not in seen and "4111" not in seen
+    assert text == LONG_REPLY.replace(CARD, "").replace(
+        SSN, ""
+    )  # redact: the values are gone, the rest intact

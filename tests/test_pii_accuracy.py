@@ -120,6 +120,12 @@ def test_long_texts_are_chunked_without_losing_entities(detectors: dict[str, Det
     assert found == separate  # chunk seams change nothing
 
 
+@pytest.mark.parametrize("mode", ["patterns", "ner"])
+def test_batch_analysis_equals_one_by_one(detectors: dict[str, Detector], mode: str) -> None:
+    texts = [r.text for r in load_corpus(CORPUS)][:60] + ["", "  ", "x" * 25_000 + " ana@example.com"]
+    assert detectors[mode].analyze_batch(texts) == [detectors[mode].analyze(t) for t in texts]
+
+
 def test_empty_and_blank_text(detectors: dict[str, Detector]) -> None:
     assert detectors["ner"].analyze("") == []
     assert detectors["patterns"].analyze("   \n ") == []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import metadata
@@ -77,6 +77,8 @@ _CHUNK_OVERLAP = 200
 
 # Bump when the engine's own logic (filters, conflict resolution, recognizers) changes results.
 ENGINE_REVISION = 1
+
+_Piece = tuple[int, int, str]  # (index of the text, offset in it, chunk)
 
 _ENTITY_NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 _CONFIG_KEYS = frozenset({"entities", "allow_list", "recognizers", "phone_regions", "default_allow_list"})
@@ -305,21 +307,35 @@ class Detector:
 
     def analyze(self, text: str) -> list[Span]:
         """Non-overlapping spans sorted by start, above the threshold and not allow-listed."""
-        if self._analyzer is None or not text.strip():
-            return []
-        found: set[Span] = set()
-        for offset, chunk in _chunks(text, self.config.chunk_chars, _CHUNK_OVERLAP):
-            results = self._analyzer.analyze(
-                text=chunk,
-                language="en",
-                entities=self._entities,
-                score_threshold=self.config.score_threshold,
-            )
-            for r in results:
-                found.add(
-                    Span(str(r.entity_type), int(r.start) + offset, int(r.end) + offset, float(r.score))
+        return self.analyze_batch([text])[0]
+
+    def analyze_batch(self, texts: Sequence[str]) -> list[list[Span]]:
+        """`[analyze(t) for t in texts]`, but spaCy runs the texts in batches of up to `chunk_chars`
+        characters: about twice as fast for many short texts in "ner" mode, same peak memory."""
+        found: list[set[Span]] = [set() for _ in texts]
+        if self._analyzer is None:
+            return [[] for _ in texts]
+        pieces = [
+            (i, offset, chunk)
+            for i, text in enumerate(texts)
+            if text.strip()
+            for offset, chunk in _chunks(text, self.config.chunk_chars, _CHUNK_OVERLAP)
+        ]
+        for group in _batches(pieces, self.config.chunk_chars):
+            chunks = [chunk for _, _, chunk in group]
+            artifacts = self._analyzer.nlp_engine.process_batch(chunks, language="en", batch_size=len(group))
+            for (i, offset, chunk), (_, nlp_artifacts) in zip(group, artifacts, strict=True):
+                results = self._analyzer.analyze(
+                    text=chunk,
+                    language="en",
+                    entities=self._entities,
+                    score_threshold=self.config.score_threshold,
+                    nlp_artifacts=nlp_artifacts,
                 )
-        return _resolve([s for s in found if self._plausible(text, s)])
+                for r in results:
+                    start, end = int(r.start) + offset, int(r.end) + offset
+                    found[i].add(Span(str(r.entity_type), start, end, float(r.score)))
+        return [_resolve([s for s in spans if self._plausible(texts[i], s)]) for i, spans in enumerate(found)]
 
     def warm_up(self) -> None:
         """One analysis touching every recognizer, so the first real call is fast."""
@@ -352,6 +368,20 @@ def _resolve(spans: list[Span]) -> list[Span]:
 
 
 _SPACE = re.compile(r"\s")
+
+
+def _batches(pieces: list[_Piece], max_chars: int) -> Iterator[list[_Piece]]:
+    """Consecutive groups of pieces holding at most `max_chars` characters (or one larger piece)."""
+    group: list[_Piece] = []
+    size = 0
+    for piece in pieces:
+        if group and size + len(piece[2]) > max_chars:
+            yield group
+            group, size = [], 0
+        group.append(piece)
+        size += len(piece[2])
+    if group:
+        yield group
 
 
 def _chunks(text: str, size: int, overlap: int) -> Iterator[tuple[int, str]]:

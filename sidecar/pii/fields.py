@@ -174,6 +174,23 @@ def _traces(fields: Fields, doc: dict[str, Any]) -> None:
                     fields.tree(("data", i, "span_data", key), data[key])
 
 
+def collect_output(doc: dict[str, Any]) -> Fields:
+    """The model-written text of a response object (Responses or Chat), for response masking."""
+    fields = Fields(doc)
+    if isinstance(doc.get("output"), list):
+        _response_items(fields, ("output",), doc["output"])
+    for i, choice in enumerate(doc.get("choices") or []):
+        if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+            message = choice["message"]
+            _content(fields, ("choices", i, "message", "content"), message.get("content"))
+            fields.text(("choices", i, "message", "refusal"), message.get("refusal"))
+            for j, call in enumerate(message.get("tool_calls") or []):
+                if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                    path = ("choices", i, "message", "tool_calls", j, "function", "arguments")
+                    fields.json_text(path, call["function"].get("arguments"))
+    return fields
+
+
 def collect(operation: str, doc: dict[str, Any]) -> Fields:
     """The user-content fragments of a request, by operation (SPEC §6 names)."""
     fields = Fields(doc)

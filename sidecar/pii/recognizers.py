@@ -10,8 +10,15 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import phonenumbers
 import regex  # type: ignore[import-untyped]
-from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
+from presidio_analyzer import (
+    AnalysisExplanation,
+    EntityRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerResult,
+)
 from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpEngine, NoOpNlpEngine, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
@@ -79,6 +86,49 @@ STREET_ADDRESS = Pattern(
 _RecognizerFactory = Callable[[tuple[str, ...]], list[EntityRecognizer]]
 
 
+class FastPhoneRecognizer(PhoneRecognizer):
+    """Presidio's libphonenumber recognizer, with one full pass instead of one per region.
+
+    Presidio parses every digit group of the text once per region, which is 90% of a "patterns"
+    analysis. Here the first region (US) scans the whole text and finds every "+<country>" number
+    too, since those parse the same in any region. The other regions only look at digit groups that
+    start with a trunk "0" ("020 7946 0958", "(02) 9374 4000"): that is how national numbers outside
+    North America are written, and it keeps bare 10-digit IDs from passing as, say, German numbers.
+    """
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
+        regions = list(self.supported_regions)
+        leniency = 1 if self.leniency is None else self.leniency
+        found = [(m.start, m.end) for m in phonenumbers.PhoneNumberMatcher(text, regions[0], leniency)]
+        if len(regions) > 1:
+            for candidate in _TRUNK_NUMBER.finditer(text):
+                lo, hi = max(0, candidate.start() - 2), min(len(text), candidate.end() + 2)
+                for region in regions[1:]:
+                    for m in phonenumbers.PhoneNumberMatcher(text[lo:hi], region, leniency):
+                        found.append((m.start + lo, m.end + lo))
+        results = [self._result(start, end) for start, end in sorted(set(found))]
+        return list(EntityRecognizer.remove_duplicates(results))
+
+    def _result(self, start: int, end: int) -> RecognizerResult:
+        return RecognizerResult(
+            entity_type=self.supported_entities[0],
+            start=start,
+            end=end,
+            score=self.SCORE,
+            analysis_explanation=AnalysisExplanation(
+                recognizer=type(self).__name__, original_score=self.SCORE, textual_explanation="phone"
+            ),
+            recognition_metadata={
+                RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
+                RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+            },
+        )
+
+
+# A digit group that begins with a trunk prefix: "0151 23456789", "(02) 9374 4000", "(0)20 7946 0958".
+_TRUNK_NUMBER = re.compile(r"(?<![\w+.])\(?0[\d \t().\-/]{6,19}\d(?!\w)")
+
+
 def _street_addresses() -> PatternRecognizer:
     return PatternRecognizer(
         supported_entity="LOCATION",
@@ -92,7 +142,7 @@ def _street_addresses() -> PatternRecognizer:
 # Entity -> factory of the pattern recognizers that detect it (the argument is the phone regions).
 PATTERN_RECOGNIZERS: dict[str, _RecognizerFactory] = {
     "EMAIL_ADDRESS": lambda _r: [EmailRecognizer()],
-    "PHONE_NUMBER": lambda regions: [PhoneRecognizer(context=PHONE_CONTEXT, supported_regions=regions)],
+    "PHONE_NUMBER": lambda regions: [FastPhoneRecognizer(context=PHONE_CONTEXT, supported_regions=regions)],
     "CREDIT_CARD": lambda _r: [
         CreditCardRecognizer(patterns=[*CreditCardRecognizer.PATTERNS, MASTERCARD_2_SERIES])
     ],
@@ -150,7 +200,7 @@ def build_nlp_engine(mode: str, max_length: int) -> NlpEngine:
     return spacy_engine
 
 
-class WindowContextEnhancer(ContextAwareEnhancer):  # type: ignore[misc]
+class WindowContextEnhancer(ContextAwareEnhancer):
     """Presidio's context boost, computed from the raw text around each match instead of spaCy lemmas.
 
     Presidio's `LemmaContextAwareEnhancer` needs lemmas (neither the NER-only nor a blank pipeline

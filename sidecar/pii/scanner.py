@@ -16,15 +16,18 @@ from sidecar.pii.engine import PiiConfig, Span
 from sidecar.pii.fields import Fields, collect
 from sidecar.pii.mask import Placeholders, mask_fields
 from sidecar.pii.pool import DetectorPool, SpanCache
+from sidecar.pii.respond import ChatStreamMask, Detect, JsonResponseMask, ResponsesStreamMask
 from sidecar.pii.restore import Restorer
 from sidecar.pii.transforms import ChatRestore, JsonRestore, ResponsesRestore
 from sidecar.pipeline.context import Call
 from sidecar.pipeline.enforce import Plan
 from sidecar.pipeline.inspect import Payload
-from sidecar.pipeline.stream import EventTransform
 from sidecar.proxy import Transforms
 
 log = logging.getLogger(__name__)
+
+# Operations whose responses carry model-written text.
+_MODEL_CALLS = frozenset({"responses.create", "chat.completions.create", "completions.create"})
 
 
 @dataclass(slots=True)
@@ -46,17 +49,17 @@ class PresidioScanner:
     async def start(self) -> None:
         await self.pool.warm_up()
 
-    async def scan(self, operation: str, doc: dict[str, Any]) -> PiiScan:
-        fields = collect(operation, doc)
-        keys = [self.cache.key(f.text) for f in fields.fragments]
+    async def detect(self, texts: list[str]) -> list[tuple[Span, ...]]:
+        """Spans per text: cached results where the text was seen before, the pool for the rest."""
+        keys = [self.cache.key(text) for text in texts]
         found: dict[bytes, tuple[Span, ...]] = {}
         todo: dict[bytes, str] = {}
-        for key, fragment in zip(keys, fields.fragments, strict=True):
+        for key, text in zip(keys, texts, strict=True):
             if key in found or key in todo:
                 continue
             cached = self.cache.get(key)
             if cached is None:
-                todo[key] = fragment.text
+                todo[key] = text
             else:
                 found[key] = cached
         if todo:
@@ -70,9 +73,43 @@ class PresidioScanner:
             for key, result in zip(todo, results, strict=True):
                 self.cache.put(key, result)
                 found[key] = tuple(result)
-        per_fragment = [found[key] for key in keys]
+        return [found[key] for key in keys]
+
+    async def scan(self, operation: str, doc: dict[str, Any]) -> PiiScan:
+        fields = collect(operation, doc)
+        per_fragment = await self.detect([f.text for f in fields.fragments])
         counts: Counter[str] = Counter(s.entity for spans in per_fragment for s in spans)
         return PiiScan(fields, per_fragment, dict(counts))
+
+    def transforms(self, call: Call, plan: Plan) -> Transforms:
+        """Restore first, then response masking: the policy's response rule has the last word."""
+        chat = call.operation == "chat.completions.create"
+        out = Transforms()
+        if plan.restore:
+            restorer = Restorer(plan.restore)
+            out.events.append(ChatRestore(restorer) if chat else ResponsesRestore(restorer))
+            out.bodies.append(JsonRestore(restorer))
+        rule = call.decision.mask.response if call.decision is not None else None
+        if rule is not None and rule.entities and call.operation in _MODEL_CALLS:
+            detect = self._response_detector(call)
+            out.events.append(ChatStreamMask(detect, rule) if chat else ResponsesStreamMask(detect, rule))
+            out.bodies.append(JsonResponseMask(detect, rule))
+        return out
+
+    def _response_detector(self, call: Call) -> Detect:
+        """Detection for response masking, following the fail mode like the request scan does."""
+        if not self._settings.fail_open:
+            return self.detect
+
+        async def detect(texts: list[str]) -> list[tuple[Span, ...]]:
+            try:
+                return await self.detect(texts)
+            except SidecarError:
+                if "pii" not in call.fail_open:
+                    call.fail_open.append("pii")
+                return [() for _ in texts]
+
+        return detect
 
 
 class PresidioMasker:
@@ -85,13 +122,3 @@ class PresidioMasker:
         call.pii_masked = dict(masked)
         if decision.mask.restore and placeholders:
             plan.restore = placeholders.originals
-
-
-def restore_transforms(call: Call, plan: Plan) -> Transforms:
-    if not plan.restore:
-        return Transforms()
-    restorer = Restorer(plan.restore)
-    stream: EventTransform = (
-        ChatRestore(restorer) if call.operation == "chat.completions.create" else ResponsesRestore(restorer)
-    )
-    return Transforms(events=[stream], body=JsonRestore(restorer))

@@ -16,14 +16,14 @@ import orjson
 from sidecar.pii.restore import Channel, Restorer
 from sidecar.pipeline.stream import event_data
 
-_DELTA_FIELDS = {
+DELTA_FIELDS = {
     "response.output_text.delta": ("text", False),
     "response.refusal.delta": ("refusal", False),
     "response.function_call_arguments.delta": ("arguments", True),
     "response.custom_tool_call_input.delta": ("input", False),
     "response.reasoning_summary_text.delta": ("summary", False),
 }
-_DONE_OF = {
+DONE_OF = {
     "response.output_text.done": "response.output_text.delta",
     "response.refusal.done": "response.refusal.delta",
     "response.function_call_arguments.done": "response.function_call_arguments.delta",
@@ -32,12 +32,12 @@ _DONE_OF = {
 }
 
 
-def _event_bytes(name: str | None, data: Any) -> bytes:
+def event_bytes(name: str | None, data: Any) -> bytes:
     head = b"event: " + name.encode() + b"\n" if name else b""
     return head + b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-def _event_name(event: bytes) -> str | None:
+def event_name(event: bytes) -> str | None:
     for line in event.splitlines():
         if line.startswith(b"event:"):
             return line[6:].strip().decode()
@@ -60,27 +60,27 @@ class ResponsesRestore:
         if not isinstance(data, dict):
             return event
         kind = data.get("type")
-        name = _event_name(event)
-        if kind in _DELTA_FIELDS and isinstance(data.get("delta"), str):
+        name = event_name(event)
+        if kind in DELTA_FIELDS and isinstance(data.get("delta"), str):
             key = _key(data, kind)
             channel = self._channels.get(key)
             if channel is None:
-                channel = self._channels[key] = Channel(self._restorer, _DELTA_FIELDS[kind][1])
+                channel = self._channels[key] = Channel(self._restorer, DELTA_FIELDS[kind][1])
             data["delta"] = channel.feed(data["delta"])
             self._last_delta[key] = data
-            return _event_bytes(name, data)
+            return event_bytes(name, data)
         prefix = b""
-        if kind in _DONE_OF:
-            key = _key(data, _DONE_OF[kind])
+        if kind in DONE_OF:
+            key = _key(data, DONE_OF[kind])
             channel = self._channels.pop(key, None)
             tail = channel.flush() if channel is not None else ""
             if tail:
                 extra = {**self._last_delta[key], "delta": tail}
-                prefix = _event_bytes(extra["type"], extra)
+                prefix = event_bytes(extra["type"], extra)
             self._last_delta.pop(key, None)
         if b"<" not in event:
             return prefix + event
-        return prefix + _event_bytes(name, self._restorer.value(data))
+        return prefix + event_bytes(name, self._restorer.value(data))
 
     async def finish(self) -> bytes:
         return b""
@@ -130,7 +130,7 @@ class ChatRestore:
                     )
             if choice.get("finish_reason") is not None:
                 self._flush(index, delta)
-        return _event_bytes(None, data)
+        return event_bytes(None, data)
 
     async def finish(self) -> bytes:
         return b""

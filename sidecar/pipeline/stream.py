@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from sidecar.errors import SidecarError
 from sidecar.pipeline.context import Call
 from sidecar.pipeline.forward import downstream_headers
 from sidecar.pipeline.settle import usage_from_event, usage_from_json_body
@@ -117,6 +118,12 @@ async def relay_sse(
             log.warning("upstream stream broke", extra={"request_id": call.id, "error": type(exc).__name__})
             call.outcome = "upstream_stream_error"
             await resp.write(_stream_error_event(call, "The upstream stream ended unexpectedly."))
+        except SidecarError as err:
+            # A transform could not do its job (e.g. PII detection failed): stop rather than leak.
+            log.error("stream transform failed", extra={"request_id": call.id, "error": err.code})
+            call.outcome, call.error = "transform_error", err
+            upstream.close()
+            await resp.write(_stream_error_event(call, err.message))
         else:
             rest = splitter.tail()
             if transforms:
@@ -145,12 +152,12 @@ async def _apply(transforms: list[EventTransform], events: list[bytes]) -> bytes
 
 
 async def relay_buffered(
-    upstream: aiohttp.ClientResponse, call: Call, transform: BodyTransform | None
+    upstream: aiohttp.ClientResponse, call: Call, transforms: list[BodyTransform]
 ) -> web.Response:
     body = await upstream.read()
     if upstream.status < 400:
         call.usage = usage_from_json_body(body)
-        if transform is not None:
+        for transform in transforms:
             body = await transform.body(body)
     return web.Response(status=upstream.status, body=body, headers=downstream_headers(upstream, call))
 
@@ -175,11 +182,11 @@ async def relay(
     upstream: aiohttp.ClientResponse,
     call: Call,
     transforms: list[EventTransform],
-    body_transform: BodyTransform | None,
+    body_transforms: list[BodyTransform],
 ) -> web.StreamResponse:
     content_type = upstream.content_type
     if content_type == "text/event-stream":
         return await relay_sse(request, upstream, call, transforms)
     if content_type == "application/json":
-        return await relay_buffered(upstream, call, body_transform)
+        return await relay_buffered(upstream, call, body_transforms)
     return await relay_raw(request, upstream, call)
