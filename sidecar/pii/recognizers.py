@@ -139,6 +139,57 @@ def _street_addresses() -> PatternRecognizer:
     )
 
 
+# Names introduced by a cue: an honorific ("Dr. Amara Okafor"), a greeting ("Dear Sofia,") or a
+# sign-off ("Cheers,\nNadia"). Case-sensitive; the name is 1-4 capitalised words (particles such as
+# "van" or "bin" allowed inside). These work without NER and catch names the small NER model tags
+# as ORG or GPE.
+_HONORIFIC = r"(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Dame|Rev|Capt|Sgt|Lt|Col|Judge)"
+_WORD_CAP = r"\p{Lu}[\p{L}'\u2019\-]*\p{L}"  # "Okafor", "O'Connor", "Al-Sayed", "McDonald"
+_PARTICLE = r"(?:van|von|de|da|del|der|den|di|du|la|le|bin|ibn|al)(?=[ \t]+(?:\p{Lu}|(?:la|le|der|den)\b))"
+_NAME = rf"(?!{_HONORIFIC}\b){_WORD_CAP}(?:[ \t]+(?:{_WORD_CAP}|{_PARTICLE})){{0,3}}"
+_DASHES = r"\u2013\u2014"
+_SIGN_OFF = (
+    r"(?:(?:(?:Best|Kind|Warm|Warmest)[ \t]+)?[Rr]egards|Sincerely|Best|Signed|Respectfully|Love"
+    rf"|Yours(?:[ \t]+(?:truly|sincerely))?)[ \t]*(?:[,!.{_DASHES}-][ \t]*\n?|\n)"
+    rf"|(?:Thanks|Thank[ \t]+you|Cheers|Many[ \t]+thanks)[ \t]*[,!.{_DASHES}-]?[ \t]*\n?"
+)
+_GREETING = r"(?:Hi|Hello|Hey|Dear|Greetings|Good[ \t]+(?:morning|afternoon|evening))"
+_START = r"(?:^|[.!?][ \t]+)[ \t]*"
+# Scores: a cue is better evidence than the small NER model's flat 0.85 (which, for instance, reads
+# "Cheers,\nNadia" as a place), so a cue wins an overlap with an NER span.
+NAME_CUES = [
+    Pattern("Name after honorific", rf"(?<=\b{_HONORIFIC}\.?[ \t]{{1,3}}){_NAME}", 0.9),
+    Pattern("Name after greeting", rf"(?<={_START}{_GREETING}[ \t]+){_NAME}(?=[ \t]*[,!:\n])", 0.88),
+    Pattern(
+        "Name in sign-off",
+        rf"(?<={_START}(?:{_SIGN_OFF})[ \t]*){_NAME}(?=[ \t]*(?:$|[,.!({_DASHES}]|-[ \t]))",
+        0.88,
+    ),
+]
+# Capitalised words a greeting or sign-off addresses that are not names.
+_NOT_NAMES = frozenset({
+    "team", "teams", "all", "everyone", "everybody", "folks", "guys", "there", "sir", "madam", "customer",
+    "customers", "friends", "colleagues", "support", "admin", "again", "both", "world", "mate", "reviewer",
+    "reviewers", "sales", "hr", "it", "you", "in", "for", "to", "the", "and", "so", "much", "a", "hiring",
+    "manager", "managers", "recruiter", "applicant", "candidate", "user", "users", "owner", "member",
+})  # fmt: skip
+
+
+class NameCueRecognizer(PatternRecognizer):
+    """PERSON from honorifics, greetings and sign-offs (see `NAME_CUES`)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="PERSON",
+            name="NameCueRecognizer",
+            patterns=list(NAME_CUES),
+            global_regex_flags=regex.DOTALL | regex.MULTILINE,
+        )
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        return pattern_text.split(maxsplit=1)[0].lower() in _NOT_NAMES
+
+
 # Entity -> factory of the pattern recognizers that detect it (the argument is the phone regions).
 PATTERN_RECOGNIZERS: dict[str, _RecognizerFactory] = {
     "EMAIL_ADDRESS": lambda _r: [EmailRecognizer()],
@@ -150,6 +201,7 @@ PATTERN_RECOGNIZERS: dict[str, _RecognizerFactory] = {
     "US_SSN": lambda _r: [UsSsnRecognizer()],
     "IP_ADDRESS": lambda _r: [IpRecognizer()],
     "LOCATION": lambda _r: [_street_addresses()],
+    "PERSON": lambda _r: [NameCueRecognizer()],
     "URL": lambda _r: [UrlRecognizer()],
     "CRYPTO": lambda _r: [CryptoRecognizer()],
     "MAC_ADDRESS": lambda _r: [MacAddressRecognizer()],
@@ -374,6 +426,8 @@ def plausible_ner_span(entity: str, value: str) -> bool:
     if entity == "PERSON":
         if all(_ACRONYM.match(w) for w in words) or _CODE_CHARS.search(stripped):
             return False
+        if words[0].lower() in _NOT_NAMES:
+            return False  # "Madam", "Customer Support"
         if not any(w[0].isupper() for w in words):
             return False  # "fax", "ping": names are capitalised (lower-case chat loses some names)
         if any(_CAMEL.search(w) and not _NAME_PREFIX.match(w) for w in words):
