@@ -295,7 +295,10 @@ def env_note() -> str:
         if key.startswith("SIDECAR_") or key in {"RUST_BACKTRACE", "RUST_LIB_BACKTRACE"}:
             secret = any(word in key for word in ("KEY", "TOKEN", "SECRET", "PASSWORD"))
             shown.append(f"{key}={'***' if secret else os.environ[key]}")
-    return ", ".join(shown) or "(no SIDECAR_* or RUST_*BACKTRACE variables)"
+    text = ", ".join(shown) or "(no SIDECAR_* or RUST_*BACKTRACE variables)"
+    if os.environ.get("RUST_LIB_BACKTRACE", os.environ.get("RUST_BACKTRACE", "0")) != "0":
+        text += "  <-- regorus then records a Rust backtrace on each internal error (slower decisions)"
+    return text
 
 
 def cpu_model() -> str:

@@ -150,13 +150,11 @@ def checks(rows: list[Row]) -> list[Check]:
         (cpu <= TARGET_CPU_US, f"{name}: CPU {cpu:.0f} us/request <= {TARGET_CPU_US:g} us"),
     ]
     bare = find("aiohttp pass-through", emb.endpoint)
-    if bare is not None and bare.cpu1["main"] > 0:
-        factor = cpu / bare.cpu1["main"]
+    if bare is not None and bare.cpu1["main"] > 0 and bare.cpu32["main"] > 0:
+        x1, x32 = cpu / bare.cpu1["main"], emb.cpu32["main"] / bare.cpu32["main"]
+        bare_us = f"{bare.cpu1['main']:.0f} / {bare.cpu32['main']:.0f} us"
         out.append(
-            (
-                None,
-                f"{name}: CPU = {factor:.1f}x a bare pass-through's {bare.cpu1['main']:.0f} us (issue: ~2x)",
-            )
+            (None, f"{name}: CPU = {x1:.1f}x / {x32:.1f}x (c=1 / c=32) a bare pass-through's {bare_us}")
         )
     if daemon := find("sidecar daemon", emb.endpoint):
         opa = daemon.cpu1.get("opa", 0.0)
@@ -168,6 +166,11 @@ def checks(rows: list[Row]) -> list[Check]:
                 f"{dname}: {text}, CPU {daemon.cpu1['main']:.0f} us/req + opa {opa:.0f} us/req",
             )
         )
+        if daemon.c32.errors:
+            failed = f"{daemon.c32.errors} of {daemon.c32.requests} calls failed at c=32"
+            out.append(
+                (None, f"{dname}: {failed} (status {daemon.c32.first_bad_status}; 503 = OPA too slow)")
+            )
     lite = find("LiteLLM proxy", emb.endpoint) or find("LiteLLM proxy")
     if lite is not None:
         ours = find("sidecar embedded", lite.endpoint) or emb

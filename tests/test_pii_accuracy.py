@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from sidecar.pii.engine import DEFAULT_ENTITIES, Detector, PiiConfig, Span
+from sidecar.pii.engine import DEFAULT_ENTITIES, SUPPORTED_ENTITIES, Detector, PiiConfig, Span
 from sidecar.pii.evaluate import OVERALL, evaluate, format_table, load_corpus
 
 CORPUS = Path(__file__).parent / "data" / "pii_corpus.jsonl"
+HOLDOUT = Path(__file__).parent / "data" / "pii_holdout.jsonl"
 PATTERN_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
 
 
@@ -72,7 +73,21 @@ def test_patterns_mode_meets_targets(
         assert scores[entity]["recall"] >= 0.95, (entity, scores[entity])
         assert scores[entity]["precision"] >= 0.9, (entity, scores[entity])
     assert scores[OVERALL]["precision"] >= 0.9
-    assert scores["PERSON"]["tp"] == 0  # no NER in this mode, by design
+    # No NER in this mode: only names after an honorific, greeting or sign-off are found.
+    assert scores["PERSON"]["precision"] >= 0.9
+
+
+@pytest.mark.parametrize("mode", ["patterns", "ner"])
+def test_holdout_set_is_reported(
+    detectors: dict[str, Detector], mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sentences not used for tuning: an honest estimate, printed; only a loose floor is asserted."""
+    scores = evaluate(detectors[mode], HOLDOUT)
+    with capsys.disabled():
+        print("\n" + format_table(scores, f"PII held-out set, mode={mode}"))
+    assert scores[OVERALL]["precision"] >= 0.9
+    for entity in ("EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS"):
+        assert scores[entity]["recall"] == 1.0, (entity, scores[entity])
 
 
 @pytest.mark.parametrize("mode", ["patterns", "ner"])
@@ -122,7 +137,7 @@ def test_long_texts_are_chunked_without_losing_entities(detectors: dict[str, Det
 
 @pytest.mark.parametrize("mode", ["patterns", "ner"])
 def test_batch_analysis_equals_one_by_one(detectors: dict[str, Detector], mode: str) -> None:
-    texts = [r.text for r in load_corpus(CORPUS)][:60] + ["", "  ", "x" * 25_000 + " ana@example.com"]
+    texts = [*(r.text for r in load_corpus(CORPUS)[:60]), "", "  ", "x" * 25_000 + " ana@example.com"]
     assert detectors[mode].analyze_batch(texts) == [detectors[mode].analyze(t) for t in texts]
 
 
@@ -290,6 +305,16 @@ def test_fingerprint_is_stable_and_tracks_what_changes_results(tmp_path: Path) -
     ]
     prints = {v.fingerprint() for v in variants}
     assert len(prints) == len(variants) and base.fingerprint() not in prints
+
+
+@pytest.mark.parametrize("mode", ["patterns", "ner"])
+def test_every_supported_entity_can_be_enabled(mode: str) -> None:
+    detector = Detector(PiiConfig(mode=mode, entities=tuple(sorted(SUPPORTED_ENTITIES))))
+    text = "Acme Corp paid Jane Doe on 3 March 2024; see https://acme.example.com/x from 00:1A:2B:3C:4D:5E."
+    found = {entity for entity, _ in _found(detector, text)}
+    assert {"URL", "MAC_ADDRESS"} <= found
+    if mode == "ner":
+        assert {"PERSON", "DATE_TIME", "ORGANIZATION"} <= found
 
 
 def test_span_is_a_small_frozen_value() -> None:

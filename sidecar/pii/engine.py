@@ -4,9 +4,13 @@
 Presidio `AnalyzerEngine` in the worker and returns non-overlapping `Span`s.
 
 Modes:
-- "patterns": Presidio's pattern recognizers on a blank spaCy tokenizer (no NER). PERSON is not found;
-  LOCATION only as street addresses.
+- "patterns": Presidio's pattern recognizers (some tuned, see `recognizers`) on Presidio's NoOp NLP
+  engine: no spaCy pipeline at all, flat memory. PERSON only after an honorific, greeting or
+  sign-off ("Dr. Amara Okafor", "Cheers,\nNadia"); LOCATION only as street addresses.
 - "ner": the same plus spaCy `en_core_web_sm` (NER component only) for PERSON / LOCATION / ...
+Context words work in both (`recognizers.WindowContextEnhancer` reads the raw text, not lemmas).
+After Presidio: allow list, `filters` (negative context, implausible NER spans), then overlap
+resolution. Texts over `chunk_chars` are analysed in overlapping chunks.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
 import regex  # type: ignore[import-untyped]
 import yaml
 
+from sidecar.pii import filters
 from sidecar.pii import recognizers as rec
+from sidecar.pii.filters import DEFAULT_ALLOW_LIST
 
 MODES = ("patterns", "ner")
 
@@ -42,29 +49,6 @@ DEFAULT_ENTITIES: tuple[str, ...] = (
     "LOCATION",
 )
 SUPPORTED_ENTITIES = rec.BUILTIN_ENTITIES
-
-# Values that are never reported (exact match), on top of the configured allow list. Each entry is
-# a well-known false positive of the NER model or of a pattern, never a personal value:
-DEFAULT_ALLOW_LIST: tuple[str, ...] = (
-    # Card brands and payment networks: the NER model tags "Mastercard" / "Visa" as PERSON or ORG.
-    "Mastercard", "MasterCard", "Visa", "Amex", "American Express", "Discover", "Maestro", "Diners Club",
-    "JCB", "PayPal", "Stripe",
-    # Software and cloud product names the NER model takes for people or places (seen with
-    # en_core_web_sm: "Grafana and Prometheus" -> two PERSONs, "Databricks" -> GPE, "Flask" -> FAC).
-    # A few are also first names ("Cassandra", "Aurora"): only the bare word is allowed, "Cassandra
-    # Lee" is still a PERSON.
-    "AWS", "Amazon", "Azure", "GCP", "Google Cloud", "Lambda", "Fargate", "Kinesis", "Athena",
-    "Aurora", "Redshift", "DynamoDB", "CloudFront", "CloudWatch", "Route 53", "Kubernetes", "Helm",
-    "Terraform", "Grafana", "Prometheus", "Kibana", "Jenkins", "Ansible", "Docker", "Redis",
-    "Postgres", "PostgreSQL", "MySQL", "MongoDB", "Mongo", "Cassandra", "Kafka", "Spark",
-    "Airflow", "Databricks", "Snowflake", "Elasticsearch", "OpenSearch", "Datadog", "Sentry",
-    "Okta", "Vault", "Consul", "Nomad", "Celery", "RabbitMQ", "Nginx", "Gunicorn", "Flask",
-    "Django", "FastAPI", "Jupyter", "PyTorch", "TensorFlow", "Ubuntu", "Debian", "Linux",
-    "Jira", "Confluence", "Slack", "GitHub", "GitLab", "Copilot", "OpenAI", "ChatGPT", "Claude",
-    "Gemini", "Llama", "Mistral", "Alexa", "Siri", "Cortana",
-    # Loopback / unspecified addresses carry no personal information.
-    "127.0.0.1", "0.0.0.0", "::1", "::", "localhost",
-)  # fmt: skip
 
 # Phone regions for numbers written without a "+" country code ("+..." numbers match in any
 # region). Brazil, in Presidio's default list, turns "555-201-3344"-shaped order numbers into phones.
@@ -138,8 +122,10 @@ class PiiConfig:
                     f"pii entities: {entity!r} has no recognizer; use one of "
                     f"{', '.join(sorted(SUPPORTED_ENTITIES))} or define a recognizer for it"
                 )
+        if not self.phone_regions:
+            raise ValueError("pii phone_regions must name at least one region, e.g. US")
         for region in self.phone_regions:
-            if not re.fullmatch(r"[A-Z]{2}", region):
+            if region not in phonenumbers.SUPPORTED_REGIONS:
                 raise ValueError(f"pii phone_regions: {region!r} is not an ISO 3166 alpha-2 code")
 
     @property
@@ -292,7 +278,7 @@ class Detector:
         )
         self._allow = config.effective_allow_list
         self._analyzer: Any = None
-        if not recognizers:  # e.g. "patterns" mode asked for PERSON only: nothing can match
+        if not recognizers:  # e.g. `entities: []` and no custom recognizers: nothing can match
             return
         registry = RecognizerRegistry(recognizers=recognizers, supported_languages=["en"])
         nlp_engine = rec.build_nlp_engine(config.mode, max_length=config.chunk_chars + 2 * _CHUNK_OVERLAP)
@@ -338,19 +324,23 @@ class Detector:
         return [_resolve([s for s in spans if self._plausible(texts[i], s)]) for i, spans in enumerate(found)]
 
     def warm_up(self) -> None:
-        """One analysis touching every recognizer, so the first real call is fast."""
+        """Load what Presidio loads lazily (phone metadata of every country: ~100 ms, 1 MB) and run
+        one analysis touching every recognizer, so the first real call is as fast as the next."""
+        for region in phonenumbers.SUPPORTED_REGIONS:
+            phonenumbers.PhoneMetadata.metadata_for_region(region)
         self.analyze(
-            "Hi, I am Maria Garcia from Madrid. Mail maria.garcia@example.com, call +1 212-867-5309, "
-            "card 4111 1111 1111 1111, IBAN DE89 3704 0044 0532 0130 00, SSN 219-09-9999, host 10.1.2.3."
+            "Hi, I am Maria Garcia from Madrid. Mail maria.garcia@example.com, call +1 212-867-5309 or "
+            "020 7946 0958, card 4111 1111 1111 1111, IBAN DE89 3704 0044 0532 0130 00, SSN 219-09-9999, "
+            "host 10.1.2.3. Cheers,\nDr. Ana Silva"
         )
 
     def _plausible(self, text: str, span: Span) -> bool:
         value = text[span.start : span.end]
         if value in self._allow or value.strip(" .,;:'\"") in self._allow:
             return False
-        if not rec.plausible_ner_span(span.entity, value):
+        if not filters.plausible_ner_span(span.entity, value):
             return False
-        return not rec.negative_context(text, span.start, span.entity)
+        return not filters.negative_context(text, span.start, span.entity)
 
 
 def _resolve(spans: list[Span]) -> list[Span]:

@@ -28,7 +28,7 @@ def _init_worker(config: PiiConfig) -> None:
 
 def _analyze(texts: Sequence[str]) -> list[list[Span]]:
     assert _detector is not None
-    return [_detector.analyze(text) for text in texts]
+    return _detector.analyze_batch(texts)
 
 
 class DetectorPool:

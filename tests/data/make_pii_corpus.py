@@ -17,6 +17,7 @@ from pathlib import Path
 import phonenumbers
 
 OUT = Path(__file__).with_name("pii_corpus.jsonl")
+HOLDOUT_OUT = Path(__file__).with_name("pii_holdout.jsonl")
 MARK = re.compile(r"⟦([A-Z_]+)\|(.+?)⟧")
 _rng = random.Random(20240315)
 
@@ -256,6 +257,69 @@ SENTENCES: list[str] = [
     "Order #100-4455-6677 was refunded on Monday.",
 ]
 
+# A held-out set, not used for tuning: reported, not gated. The first part was written after the
+# corpus and looked at once (it led to the greeting/sign-off name cues); the second part was written
+# after all tuning. Labels say what should be masked, whether or not the default engine can find it
+# (e.g. a fictional 555 number, a Mexican national number with MX not among the phone regions).
+HOLDOUT: list[str] = [
+    "Please contact ⟦PERSON|Benjamin Okoro⟧ at ⟦EMAIL_ADDRESS|benjamin.okoro@lumen-health.org⟧ regarding the audit.",
+    "⟦PERSON|Isabella Fernández⟧ called from ⟦PHONE_NUMBER|"
+    + phone("+34 91 123 45 67")
+    + "⟧ about the refund.",
+    "The VM at ⟦IP_ADDRESS|172.31.44.9⟧ runs Ubuntu 22.04 with kernel 5.15.0.91.",
+    "Send $250 to account ⟦IBAN_CODE|GB33 BUKB 2020 1555 5555 55⟧ (that is a test IBAN).",
+    "Customer reported card ⟦CREDIT_CARD|4012 8888 8888 1881⟧ stolen on Sunday.",
+    "Release 4.2.0.1 fixes the login bug reported by ⟦PERSON|Hiroshi Yamada⟧.",
+    "Our ⟦LOCATION|Denver⟧ office phone: ⟦PHONE_NUMBER|" + phone("(303) 499-7111") + "⟧.",
+    "The backup job 20240315-0230 copied 1.2 TB to s3://backups/db.",
+    "Tell ⟦PERSON|Aroha Ngata⟧ that her SSN ⟦US_SSN|287-65-4321⟧ was verified.",
+    "Commit a1b2c3d by ⟦PERSON|Wei Zhang⟧ bumped numpy to 1.26.4.",
+    "Standup: ⟦PERSON|Lucía⟧, ⟦PERSON|Marek⟧ and ⟦PERSON|Obi⟧ discussed the outage in ⟦LOCATION|Frankfurt⟧.",
+    "Escalate INC0012345 to the network team; the VIP is ⟦IP_ADDRESS|10.200.0.50⟧.",
+    'The spreadsheet lists ⟦PHONE_NUMBER|555-867-5309⟧ under "do not call" for ⟦PERSON|Dana Whitaker⟧.',
+    "Kubernetes node ip-10-0-1-23.ec2.internal went NotReady.",
+    "Cheers,\n⟦PERSON|Nadia⟧",
+    "⟦PERSON|Amit Patel⟧ lives at ⟦LOCATION|18 Willow Lane⟧, ⟦LOCATION|Cambridge⟧.",
+    "Our cert expires on 2025-01-31; renew via ACM in eu-central-1.",
+    "⟦PERSON|Henry⟧'s email is ⟦EMAIL_ADDRESS|henry@ex-ample.co⟧ and his cell is ⟦PHONE_NUMBER|"
+    + phone("+1-415-555-2671")
+    + "⟧.",
+    "Payment ref 4485 2210 9932 was declined.",
+    "The Docker image digest is sha256:9b2f0c1d; version 2.14.3.0 is pinned.",
+    "Mr. ⟦PERSON|Thandiwe Dlamini⟧ (⟦LOCATION|Johannesburg⟧) requested account deletion.",
+    "Error at line 1042, column 17 in handler.py.",
+    "Forward to ⟦PERSON|Carlos⟧ at ⟦EMAIL_ADDRESS|carlos.m@tienda.mx⟧ or call ⟦PHONE_NUMBER|"
+    + phone("55 5123 4567", "MX")
+    + "⟧.",
+    "The EU region uses 3 AZs and the SLA is 99.9%.",
+    "Greetings from ⟦LOCATION|Oslo⟧ — ⟦PERSON|Sigrid Haugen⟧.",
+    # written after tuning
+    "⟦PERSON|Greta Lindqvist⟧ asked whether the invoice can be sent to ⟦EMAIL_ADDRESS|greta@lindqvist-design.se⟧.",
+    "Our on-call engineer today is ⟦PERSON|Kofi Boateng⟧; page him at ⟦PHONE_NUMBER|"
+    + phone("+233 24 123 4567")
+    + "⟧.",
+    "Please do not share ⟦US_SSN|432-10-9876⟧ in the chat.",
+    "The VPN assigned ⟦IP_ADDRESS|10.8.0.14⟧ to ⟦PERSON|Maya Goldberg⟧'s laptop.",
+    "Card ending 4242 is fine, but the full number ⟦CREDIT_CARD|" + luhn("4", 16) + "⟧ must never be logged.",
+    "Wire transfers go to ⟦IBAN_CODE|" + iban("FR", "30006000011234567890189") + "⟧ at Société Générale.",
+    "I live in ⟦LOCATION|Porto⟧ but work remotely for a company in ⟦LOCATION|Austin⟧.",
+    "Running `docker run -p 8080:80 nginx:1.25` fails on the M2 Mac.",
+    "The p50 was 12.3 ms and the p99 was 87.6 ms over 10,000 requests.",
+    "Version 3.4.5.6 of the agent drops support for Python 3.8.",
+    "Hi ⟦PERSON|Tariq⟧, your appointment with Dr. ⟦PERSON|Helen Park⟧ is confirmed for 3pm.",
+    "The warehouse at ⟦LOCATION|4100 Industrial Parkway⟧ in ⟦LOCATION|Cleveland⟧ ships on weekdays.",
+    "Her new number is ⟦PHONE_NUMBER|" + phone("07911 123456", "GB") + "⟧ (⟦LOCATION|UK⟧ mobile).",
+    "Contact ⟦EMAIL_ADDRESS|privacy@northbank.com⟧ to exercise your rights.",
+    "Timestamp 1710498153 and nonce 88213377 were replayed.",
+    "Send the NDA to ⟦PERSON|Olumide Ajayi⟧ and ⟦PERSON|Beatriz Santos⟧ before Monday.",
+    "Customer since 2019, ⟦PERSON|Ewa Nowak⟧, ⟦LOCATION|Kraków⟧, phone ⟦PHONE_NUMBER|"
+    + phone("+48 12 345 67 89")
+    + "⟧.",
+    "The S3 bucket arn:aws:s3:::acme-logs-2024 is encrypted with KMS.",
+    "Replace ⟦IP_ADDRESS|192.0.2.1⟧ with your own address.",
+    "Meeting with ⟦PERSON|Anders⟧ and ⟦PERSON|Mette⟧ from the ⟦LOCATION|Copenhagen⟧ office moved to 14:00.",
+]
+
 
 def parse(marked: str) -> dict[str, object]:
     text, entities, pos = [], [], 0
@@ -275,12 +339,13 @@ def parse(marked: str) -> dict[str, object]:
     return {"text": joined, "entities": entities}
 
 
-def main() -> None:
-    rows = [parse(s) for s in SENTENCES]
+def write(path: Path, sentences: list[str]) -> None:
+    rows = [parse(s) for s in sentences]
     for row in rows:
         for e in row["entities"]:  # type: ignore[attr-defined]
-            assert str(row["text"])[e["start"] : e["end"]].strip() == str(row["text"])[e["start"] : e["end"]]
-    with OUT.open("w", encoding="utf-8") as fh:
+            value = str(row["text"])[e["start"] : e["end"]]
+            assert value.strip() == value, value
+    with path.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     counts: dict[str, int] = {}
@@ -288,8 +353,13 @@ def main() -> None:
         for e in row["entities"]:  # type: ignore[attr-defined]
             counts[e["entity"]] = counts.get(e["entity"], 0) + 1
     negatives = sum(1 for r in rows if not r["entities"])
-    print(f"{len(rows)} sentences ({negatives} without entities) -> {OUT}")
+    print(f"{len(rows)} sentences ({negatives} without entities) -> {path}")
     print(", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
+def main() -> None:
+    write(OUT, SENTENCES)
+    write(HOLDOUT_OUT, HOLDOUT)
 
 
 if __name__ == "__main__":
