@@ -48,7 +48,7 @@ from procs import (
     sample_cpu,
 )
 from report import Row, print_report
-from targets import Launcher, Service, ensure_litellm, find_opa
+from targets import ROOT, Launcher, Service, ensure_litellm, find_opa
 
 ENDPOINTS: dict[str, tuple[str, dict[str, Any]]] = {
     "responses": ("/v1/responses", {"model": "gpt-4o-mini", "input": "hello"}),
@@ -99,7 +99,7 @@ class Bench:
         self.pin_note = why or self.pin.describe()
         self.loadgen = LoadGen(self.children, self.pin.others, self.args.loadgen)
         self.workdir = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
-        self.launcher = Launcher(self.children, self.pin, self.workdir)
+        self.launcher = Launcher(self.children, self.pin, self.workdir, Path(self.args.bundle).resolve())
         if self.args.chat:
             self.endpoints.append("chat")
 
@@ -249,6 +249,7 @@ class Bench:
             "counts": f"c=1: {self.counts.warmup} warm-up + {self.counts.n1} measured; "
             f"c=32: {self.counts.warmup} warm-up + {self.counts.n32} measured "
             f"({self.counts.n32_slow} for LiteLLM)",
+            "bundle": self.args.bundle,
             "env": env_note(),
             "load": busy,
             "wall_s": round(time.monotonic() - started, 1),
@@ -331,6 +332,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile", metavar="FILE", help="py-spy record the embedded sidecar (.svg/.json/.txt)"
     )
     parser.add_argument("-n", type=int, help="override the number of measured c=1 requests")
+    parser.add_argument(
+        "--bundle",
+        default=str(ROOT / "rego"),
+        help="policy bundle directory for both engines (default: rego/)",
+    )
     args = parser.parse_args(argv)
     if bad := set(args.targets) - set(TARGETS):
         parser.error(f"unknown targets {sorted(bad)}; choose from {', '.join(TARGETS)}")

@@ -135,7 +135,7 @@ def checks(rows: list[Row]) -> list[Check]:
 
     emb = find("sidecar embedded", "responses") or find("sidecar embedded")
     if emb is None:
-        return [(False, "sidecar embedded: not measured")]
+        return [(None, "sidecar embedded: not measured, so the issue's targets are not checked")]
     name = f"sidecar embedded ({emb.endpoint})"
     cpu = emb.cpu1["main"]
     out: list[Check] = [

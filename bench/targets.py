@@ -50,7 +50,8 @@ class Service:
 
 
 class Launcher:
-    def __init__(self, children: Children, pin: Pinning, workdir: Path) -> None:
+    def __init__(self, children: Children, pin: Pinning, workdir: Path, bundle: Path) -> None:
+        self.bundle = bundle  # served by the OPA daemon and loaded by the embedded engine alike
         self.children = children
         self.pin = pin
         self.workdir = workdir
@@ -73,7 +74,7 @@ class Launcher:
         """`opa run --server` on the shipped bundle, on the sidecar's CPU (they share its pod)."""
         port = free_port()
         argv = [opa_bin, "run", "--server", "--addr", f"{HOST}:{port}", "--log-level", "error"]
-        argv += ["--disable-telemetry", "-b", str(ROOT / "rego")]
+        argv += ["--disable-telemetry", "-b", str(self.bundle)]
         proc = self.children.start(pinned(argv, self.pin.target), log=self._log("opa"))
         url = f"http://{HOST}:{port}"
         wait_http(url + "/health", proc, want=200)
@@ -97,7 +98,7 @@ class Launcher:
             "SIDECAR_STATIC_KEYS_FILE": str(keys),
             "SIDECAR_AUDIT_LOG": str(audit),
             "SIDECAR_LOG_LEVEL": "warning",
-            "SIDECAR_BUNDLE": str(ROOT / "rego"),  # the bundle the OPA daemon serves, too
+            "SIDECAR_BUNDLE": str(self.bundle),
         }
         if opa is not None:
             env["SIDECAR_OPA_URL"] = opa[1]
