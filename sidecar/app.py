@@ -63,7 +63,9 @@ class Sidecar:
         if settings.opa_url:
             engine = DaemonEngine(settings.opa_url, settings.decision_path, settings.opa_timeout)
         else:
-            embedded = EmbeddedEngine(await initial_bundle(settings), settings.decision_path)
+            embedded = EmbeddedEngine(
+                await initial_bundle(settings), settings.decision_path, settings.decision_cache_entries
+            )
             reloader = BundleReloader(embedded, settings)
             engine = embedded
         scanner = None

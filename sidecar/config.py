@@ -56,6 +56,7 @@ class Settings:
     bundle_verification_key_id: str = "default"
     bundle_signing_alg: str = "RS256"
     decision_path: str = "sidecar/decision"
+    decision_cache_entries: int = 10_000
     redis_url: str = ""
     auth_mode: str = "static"
     static_keys_file: str = ""

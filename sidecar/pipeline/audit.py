@@ -122,8 +122,10 @@ class AuditLog:
 
     def write(self, record: dict[str, Any]) -> None:
         record["prev_hash"] = self._prev
-        record["hash"] = digest = chain_hash(self._prev, record)
-        self._fh.write(orjson.dumps(record) + b"\n")
+        # Serialised once: the canonical bytes are hashed, then written with the hash appended last.
+        canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.sha256(self._prev.encode() + b"\n" + canonical).hexdigest()
+        self._fh.write(canonical[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
         self._fh.flush()
         self._prev = digest
 
