@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, AnyStr
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,7 +30,8 @@ texts = st.lists(st.one_of(pieces, st.text(alphabet='abc <>_EMAIL1\n"\\', max_si
 )
 
 
-def split(text: str, cuts: list[int]) -> list[str]:
+def split(text: AnyStr, cuts: list[int]) -> list[AnyStr]:
+    """`text` cut at the given offsets (taken modulo its length)."""
     out, pos = [], 0
     for cut in sorted({c % (len(text) + 1) for c in cuts}):
         out.append(text[pos:cut])
@@ -78,7 +79,7 @@ def _run(transform: Any, events: list[bytes], chunking: list[int]) -> list[Any]:
     async def go() -> bytes:
         out = b""
         splitter = SseSplitter()
-        for chunk in split_bytes(b"".join(events), chunking):
+        for chunk in split(b"".join(events), chunking):
             for event in splitter.feed(chunk):
                 out += await transform.event(event)
         return out
@@ -86,15 +87,6 @@ def _run(transform: Any, events: list[bytes], chunking: list[int]) -> list[Any]:
     out = asyncio.run(go())
     splitter = SseSplitter()
     return [event_data(e) for e in splitter.feed(out)]
-
-
-def split_bytes(data: bytes, cuts: list[int]) -> list[bytes]:
-    out, pos = [], 0
-    for cut in sorted({c % (len(data) + 1) for c in cuts}):
-        out.append(data[pos:cut])
-        pos = cut
-    out.append(data[pos:])
-    return out
 
 
 @settings(max_examples=150, deadline=None)
