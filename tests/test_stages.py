@@ -156,7 +156,8 @@ def test_policy_input_never_holds_credentials(tmp_path: Path) -> None:
     })  # fmt: skip
     from sidecar.pipeline.inspect import Payload
 
-    payload = Payload("json", "application/json", 30, {"model": "gpt-4o", "input": "my secret prompt"}, b"")
+    body = {"model": "gpt-4o", "input": "my secret prompt"}
+    payload = Payload("json", "application/json", 30, body, json.dumps(body).encode())
     doc = build_input(
         Call(id="req_9", method="POST", path="/v1/responses"), request, payload, summarize(payload), settings
     )
@@ -216,3 +217,16 @@ def test_usage_from_every_shape() -> None:
     assert usage_from_json_body(b'{"usage": {"prompt_tokens": 1, "completion_tokens": 2}}').total == 3  # type: ignore[union-attr]
     assert usage_from_json_body(b'{"no": "usage"}') is None
     assert usage_from_json_body(b'{"usage": ') is None
+
+
+def test_input_tokens_are_counted_with_the_models_tokenizer() -> None:
+    from sidecar.pipeline.inspect import Payload, encoding_for, estimate_input_tokens
+
+    body = {"model": "gpt-4o", "input": "The quick brown fox jumps over the lazy dog. " * 50}
+    raw = json.dumps(body).encode()
+    payload = Payload("json", "application/json", len(raw), body, raw)
+    counted = estimate_input_tokens(payload, "gpt-4o")
+    assert counted == len(encoding_for("gpt-4o").encode(raw.decode()))
+    assert len(encoding_for("gpt-4o").encode("hello world")) == 2  # o200k: [24912, 2375]
+    assert 450 <= counted <= 600  # ~10 tokens a sentence, plus the JSON around it
+    assert estimate_input_tokens(Payload("stream", "multipart/form-data", 10_000), "gpt-4o") == 0

@@ -66,7 +66,7 @@ def build_input(
             "max_output_tokens": summary.max_output_tokens,
             "tools": summary.tools,
             "body_bytes": max(payload.size, 0),
-            "estimated_input_tokens": estimate_input_tokens(payload),
+            "estimated_input_tokens": estimate_input_tokens(payload, summary.model),
             "headers": {name: headers[name] for name in settings.input_headers if name in headers},
         },
         "subject": subject_doc(call.subject),

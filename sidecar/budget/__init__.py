@@ -1,0 +1,1 @@
+"""Per-tenant token budgets and rate limits: the `BudgetStore` interface, in Redis or in process memory."""
