@@ -7,17 +7,16 @@ from typing import Any
 
 from aiohttp import web
 
+from .answers import Plan, make_plan
 from .common import (
     HDR_STREAM_FAIL,
     JSON,
     ApiError,
-    Plan,
     arg_chunks,
     count_input_tokens,
     dumps_bytes,
     header_flag,
     json_response,
-    make_plan,
     max_tokens_of,
     read_json_object,
     require_model,
