@@ -20,7 +20,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseFunctionToolCall, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from sidecar.devupstream.common import count_tokens, sample_arguments, text_chunks, truncate_tokens
+from sidecar.devupstream.answers import sample_arguments
+from sidecar.devupstream.common import count_tokens, text_chunks, truncate_tokens
 from sidecar.devupstream.server import build_parser
 from tests.devupstream_fixtures import DevUpstream, running_dev_upstream
 
