@@ -16,11 +16,12 @@ from typing import Any
 # about 40% slower. Library backtraces are of no use to the sidecar's users, so they are off unless asked.
 os.environ.setdefault("RUST_LIB_BACKTRACE", "0")
 
+import orjson
 import regorus  # after the setting above: it must precede the first backtrace capture
 
 from sidecar.documents import PolicyInput
 from sidecar.policy.bundle import Bundle
-from sidecar.policy.cache import DecisionCache
+from sidecar.policy.cache import DecisionCache, covered_lines
 from sidecar.policy.engine import EngineError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class EmbeddedEngine:
         self._cache_entries = cache_entries
         self._bundle = bundle
         self._engine = self._compile(bundle)
-        self.cache = DecisionCache(bundle, cache_entries)
+        self.cache = DecisionCache.for_bundle(bundle, cache_entries)
 
     def _compile(self, bundle: Bundle) -> regorus.Engine:
         engine = compile_bundle(bundle)
@@ -79,7 +80,8 @@ class EmbeddedEngine:
     def swap(self, bundle: Bundle) -> None:
         """Replace the policy atomically; raises EngineError and keeps the old one if it does not compile."""
         engine = self._compile(bundle)
-        self._engine, self._bundle, self.cache = engine, bundle, DecisionCache(bundle, self._cache_entries)
+        self._engine, self._bundle = engine, bundle
+        self.cache = DecisionCache.for_bundle(bundle, self._cache_entries)
         log.info("policy bundle loaded", extra={"revision": bundle.revision, "source": bundle.source})
 
     async def start(self) -> None:
@@ -100,13 +102,21 @@ class EmbeddedEngine:
     async def evaluate(self, doc: PolicyInput) -> Any:
         cache = self.cache
         key = cache.key(doc)
-        if key is not None:
-            hit, decision = cache.get(key)
-            if hit:
-                return decision
-        decision = self.evaluate_sync(self._rule, doc)
-        if key is not None:
-            cache.put(key, decision)
+        if key is None:
+            return self.evaluate_sync(self._rule, doc)
+        hit, decision = cache.get(key, doc)
+        if hit:
+            return decision
+        # A miss: evaluate with line coverage on, to learn which volatile inputs this decision read.
+        engine = self._engine
+        engine.set_enable_coverage(True)
+        engine.clear_coverage_data()
+        try:
+            decision = self.evaluate_sync(self._rule, doc)
+            executed = covered_lines(orjson.loads(engine.get_coverage_report_as_json()))
+        finally:
+            engine.set_enable_coverage(False)
+        cache.put(key, doc, decision, executed)
         return decision
 
     async def query(self, path: str, doc: dict[str, Any]) -> Any:
