@@ -46,6 +46,7 @@ fmt: install
 bench: install ## sidecar overhead vs a direct call, side by side with LiteLLM; then PII masking cost
 	OPA_BIN=$(OPA) $(BIN)/python bench/bench.py $(BENCH_ARGS)
 	$(BIN)/python bench/pii.py $(BENCH_ARGS)
+	$(BIN)/python bench/budget.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .bench-venv .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from sidecar import config
 from sidecar.app import Sidecar, listen
+from tests.redis_fixtures import redis_server, redis_url  # noqa: F401  (shared: one redis-server per run)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "rego"

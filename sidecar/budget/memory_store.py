@@ -37,8 +37,7 @@ _SWEEP_EVERY = 60.0  # seconds of store time between sweeps of expired window da
 @dataclass(slots=True)
 class _Window:
     expires: float  # end of the window + EXPIRE_MARGIN
-    used: int = 0  # settled
-    held: int = 0  # reserved by calls in flight
+    used: int = 0  # settled + held by reservations in flight
 
 
 @dataclass(slots=True)
@@ -86,7 +85,7 @@ class MemoryBudgetStore:
         for name, start in record.windows.items():
             window = state.windows.get((name, start))
             if window is not None:
-                window.held -= record.amount
+                window.used = max(0, window.used - record.amount)
 
     @staticmethod
     def _window(state: _Tenant, name: str, start: int, now: float) -> _Window:
@@ -99,7 +98,7 @@ class MemoryBudgetStore:
         """(used incl. in-flight, end) of the current window."""
         start = window_start(name, now)
         window = state.windows.get((name, start))
-        used = 0 if window is None or window.expires <= now else window.used + window.held
+        used = 0 if window is None or window.expires <= now else window.used
         return used, window_end(name, start)
 
     @staticmethod
@@ -119,7 +118,7 @@ class MemoryBudgetStore:
             out[name] = WindowState.of(name, limit, used, end)
         return out
 
-    async def reserve(
+    async def reserve(  # noqa: PLR0917  (the BudgetStore interface)
         self,
         tenant: str,
         limits: dict[str, int],
@@ -147,7 +146,7 @@ class MemoryBudgetStore:
                     return Refusal(name, window_state, retry_after(end, t))
         starts = {name: window_start(name, t) for name in WINDOWS}
         for name, start in starts.items():
-            self._window(state, name, start, t).held += amount
+            self._window(state, name, start, t).used += amount
         expires = t + ttl_seconds
         state.records[reservation_id] = _Record(amount, expires, expires + RECORD_GRACE, starts)
         heapq.heappush(state.expiries, (expires, reservation_id))
@@ -161,13 +160,12 @@ class MemoryBudgetStore:
         record = state.records.get(reservation.id)
         if record is None or record.state == "settled":
             return 0
+        delta = actual - (record.amount if record.state == "held" else 0)
         for name, start in record.windows.items():
             if math.ceil(window_end(name, start) - t) + EXPIRE_MARGIN <= 0:
-                continue  # that window is over and gone
-            window = state.windows.get((name, start))
-            if record.state == "held" and window is not None and window.expires > t:
-                window.held -= record.amount
-            self._window(state, name, start, t).used += actual
+                continue  # that window is over and its data gone, as its Redis key would be
+            window = self._window(state, name, start, t)
+            window.used = max(0, window.used + delta)
         record.state = "settled"
         return record.amount - actual
 

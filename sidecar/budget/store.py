@@ -8,16 +8,17 @@ Semantics shared by every implementation (`RedisBudgetStore`, `MemoryBudgetStore
   `show` reports real usage and a limit added later applies to usage already made. Limits are checked only
   for the windows that have one.
 - Effective limits: the limits passed in (from the policy decision) merged with the limits stored for the
-  tenant by `sidecar budget set`: a stored limit applies where the decision has none for that window, and caps
-  the decision's limit where it has one (the stricter wins). An operator can tighten a budget at once, on every
-  replica; loosening one past the policy is a policy change.
+  tenant by `sidecar budget set`: a stored limit applies where the decision has none for that window, and
+  caps the decision's limit where it has one (the stricter wins). An operator can tighten a budget at once,
+  on every replica; loosening one past the policy is a policy change.
 - `used` = settled usage + tokens held by reservations in flight. `reserve` checks `used + amount <= limit`
   for every limited window, from the longest window to the shortest, so a refusal names the window whose reset
   actually lets a retry fit; it charges every window or none.
 - A reservation holds its tokens for `ttl_seconds`. After that it stops counting (a crashed sidecar's
   reservation is released instead of leaking); its record stays `RECORD_GRACE` seconds longer, so a late
-  settle still records the real usage (in the windows it was charged to) exactly once. A settle after that, a
-  second settle, or a settle of an id the store never saw (or that `reset` dropped) changes nothing, returns 0.
+  settle still records the real usage (in the windows it was charged to) exactly once. A settle after that,
+  a second settle, or a settle of an id the store never saw (or that `reset` dropped) changes nothing and
+  returns 0.
 - `settle` returns `amount - actual` on the first settle of a reservation (also when it had expired: its
   tokens were released then), so per request reserved = used + refunded.
 - Rate limits are a sliding-window log: at most `per_minute` requests in any 60 s; a refused request is not
@@ -82,11 +83,7 @@ def window_end(window: str, start: int) -> int:
     span = _SPAN.get(window)
     if span is not None:
         return start + span
-    if window != "month":
-        raise ValueError(f"unknown budget window {window!r}")
-    day = datetime.fromtimestamp(start, UTC)
-    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
-    return calendar.timegm((year, month, 1, 0, 0, 0))
+    return window_start(window, start + 32 * 86400)  # the 1st + 32 days is in the next month
 
 
 def retry_after(end: float, now: float) -> int:
@@ -209,7 +206,7 @@ class BudgetStore(Protocol):
         """The state of every window with an effective limit (for `input.budget`)."""
         ...
 
-    async def reserve(
+    async def reserve(  # noqa: PLR0917  (the BudgetStore interface)
         self,
         tenant: str,
         limits: dict[str, int],
@@ -246,9 +243,10 @@ class BudgetStore(Protocol):
         limits: Mapping[str, int | None] | None = None,
         now: float | None = None,
     ) -> dict[str, UsageRow]:
-        """Set the settled usage of the current windows and/or store limits (None removes one); then `show`.
+        """Set the current windows' used values and/or store limits (None removes one); then `show`.
 
-        Reservations in flight still count on top of a usage set here until they settle."""
+        `used` is what `show` reports (in flight included); a reservation in flight later settles by its
+        difference (actual - reserved), never below 0."""
         ...
 
     async def stored_limits(self, tenant: str) -> dict[str, int]:
