@@ -12,12 +12,17 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from sidecar.budget.gate import Budgets
+from sidecar.budget.memory_store import MemoryBudgetStore
+from sidecar.budget.redis_store import RedisBudgetStore
+from sidecar.budget.store import BudgetStore, StoreUnavailable
 from sidecar.config import Settings
 from sidecar.pipeline.audit import AuditLog
 from sidecar.pipeline.authenticate import build_authenticator
 from sidecar.pipeline.decide import Decider
 from sidecar.pipeline.enforce import Enforcer, HoldForApproval
 from sidecar.pipeline.forward import Forwarder
+from sidecar.pipeline.inspect import encoding_for
 from sidecar.policy.bundle import Bundle, BundleError, read_tarball
 from sidecar.policy.daemon import DaemonEngine
 from sidecar.policy.embedded import EmbeddedEngine
@@ -52,6 +57,7 @@ class Sidecar:
     proxy: Proxy
     reloader: BundleReloader | None = None
     scanner: PresidioScanner | None = None
+    budgets: Budgets | None = None
     draining: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -68,6 +74,10 @@ class Sidecar:
             )
             reloader = BundleReloader(embedded, settings)
             engine = embedded
+        store: BudgetStore = (
+            RedisBudgetStore(settings.redis_url) if settings.redis_url else MemoryBudgetStore()
+        )
+        budgets = Budgets(store, settings, lambda text, model: len(encoding_for(model).encode(text)))
         scanner = None
         if settings.pii_mode != "off":
             from sidecar.pii.scanner import PresidioMasker, PresidioScanner
@@ -77,15 +87,19 @@ class Sidecar:
             settings=settings,
             authenticator=build_authenticator(settings),
             decider=Decider(engine, settings.fail_open),
-            enforcer=Enforcer(approvals=HoldForApproval(), masker=PresidioMasker() if scanner else None),
+            enforcer=Enforcer(
+                approvals=HoldForApproval(), budget=budgets, masker=PresidioMasker() if scanner else None
+            ),
             forwarder=Forwarder(settings),
             audit=AuditLog(settings.audit_log),
             revision=lambda: engine.revision,
             pii=scanner,
+            settler=budgets,
+            budget_view=budgets.input_doc,
         )
         if scanner is not None:
             proxy.transforms = scanner.transforms
-        return cls(settings, engine, proxy, reloader, scanner)
+        return cls(settings, engine, proxy, reloader, scanner, budgets)
 
     async def start(self) -> None:
         await self.engine.start()
@@ -105,6 +119,8 @@ class Sidecar:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.proxy.forwarder.close()
         await self.engine.close()
+        if self.budgets is not None:
+            await self.budgets.store.close()
         self.proxy.audit.close()
 
     def data_app(self) -> web.Application:
@@ -124,14 +140,21 @@ class Sidecar:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ready, detail = await self.engine.ready()
+        store_ok, store_detail = True, "memory" if not self.settings.redis_url else "redis"
+        if self.budgets is not None:
+            try:
+                await self.budgets.store.ping()
+            except StoreUnavailable as exc:
+                store_ok, store_detail = False, f"unreachable: {exc}"
         if self.draining:
             ready, detail = False, "draining"
         doc = {
-            "ready": ready,
+            "ready": ready and store_ok,
             "policy": {"engine": self.engine.name, "detail": detail},
+            "store": {"ok": store_ok, "detail": store_detail},
             "bundle": {"revision": self.engine.revision},
         }
-        return web.json_response(doc, status=200 if ready else 503)
+        return web.json_response(doc, status=200 if doc["ready"] else 503)
 
 
 async def listen(sidecar: Sidecar) -> list[web.AppRunner]:

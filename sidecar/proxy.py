@@ -6,12 +6,13 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from sidecar.config import Settings
+from sidecar.documents import BudgetDoc
 from sidecar.errors import SidecarError, error_response
 from sidecar.pipeline.audit import AuditLog
 from sidecar.pipeline.authenticate import Authenticator
@@ -55,6 +56,7 @@ class Proxy:
     revision: Callable[[], str]
     pii: PiiScanner | None = None
     settler: Settler | None = None
+    budget_view: Callable[[Call], Awaitable[BudgetDoc]] | None = None
     transforms: Callable[[Call, Plan], Transforms] = field(default=lambda call, plan: Transforms())
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -86,7 +88,9 @@ class Proxy:
                     raise
                 call.fail_open.append("pii")  # forwarded unscanned, by SIDECAR_FAIL_MODE=open
             call.timed("pii", started)
-        doc = build_input(call, request, payload, summary, self.settings)
+        budget = await self.budget_view(call) if self.budget_view is not None else None
+        doc = build_input(call, request, payload, summary, self.settings, budget=budget)
+        call.estimated_input_tokens = doc["request"]["estimated_input_tokens"]
         call.decision = decision = await self.decider.decide(call, doc)
         plan = await self.enforcer.enforce(call, decision, payload, summary)
         ok = False

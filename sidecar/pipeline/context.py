@@ -55,7 +55,9 @@ class Call:
     decision: Decision | None = None
     pii_found: dict[str, int] = field(default_factory=dict)
     pii_masked: dict[str, int] = field(default_factory=dict)
+    estimated_input_tokens: int = 0
     reserved_tokens: int = 0
+    streamed: list[str] | None = None  # output text seen in the stream, kept only when a budget needs it
     usage: Usage | None = None
     refunded_tokens: int = 0
     upstream_status: int | None = None

@@ -85,6 +85,28 @@ def _observe(call: Call, event: bytes) -> None:
         usage = usage_from_event(event_data(event))
         if usage is not None:
             call.usage = usage
+    if call.streamed is not None and b"delta" in event:
+        _collect_text(call.streamed, event_data(event))
+
+
+def _collect_text(out: list[str], data: Any) -> None:
+    """The generated text of one event (Responses `*.delta`, Chat `choices[].delta`), for counting."""
+    if not isinstance(data, dict):
+        return
+    delta = data.get("delta")
+    if isinstance(delta, str):
+        out.append(delta)
+        return
+    for choice in data.get("choices") or []:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        if isinstance(delta.get("content"), str):
+            out.append(delta["content"])
+        for call in delta.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                out.append(function["arguments"])
 
 
 def _stream_error_event(call: Call, message: str) -> bytes:
