@@ -75,7 +75,9 @@ class Sidecar:
             reloader = BundleReloader(embedded, settings)
             engine = embedded
         store: BudgetStore = (
-            RedisBudgetStore(settings.redis_url) if settings.redis_url else MemoryBudgetStore()
+            RedisBudgetStore(settings.redis_url, timeout=settings.redis_timeout)
+            if settings.redis_url
+            else MemoryBudgetStore()
         )
         budgets = Budgets(store, settings, lambda text, model: len(encoding_for(model).encode(text)))
         scanner = None

@@ -58,6 +58,7 @@ class Settings:
     decision_path: str = "sidecar/decision"
     decision_cache_entries: int = 10_000
     redis_url: str = ""
+    redis_timeout: float = 0.5
     budget_reservation_ttl: int = 900
     auth_mode: str = "static"
     static_keys_file: str = ""

@@ -1,0 +1,215 @@
+"""Budgets and rate limits through the real openai client, on the in-memory store and on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from tests.conftest import ACME_KEY, MakeSidecar, RunningSidecar, Upstream, eventually, free_port
+
+
+def _ends(sc: RunningSidecar) -> list[dict[str, Any]]:
+    return [r for r in sc.audit() if r["phase"] == "end"]
+
+
+async def _limit(sc: RunningSidecar, **limits: int) -> None:
+    assert sc.sidecar.budgets is not None
+    await sc.sidecar.budgets.store.set_limit_usage("acme", limits=limits)
+
+
+async def _used(sc: RunningSidecar, window: str = "day") -> int:
+    assert sc.sidecar.budgets is not None
+    rows = await sc.sidecar.budgets.store.show("acme")
+    return rows[window].used
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("api", ["responses", "chat"])
+async def test_reserve_then_settle_with_real_usage(make_sidecar: MakeSidecar, api: str, stream: bool) -> None:
+    sc = await make_sidecar()
+    client = openai.AsyncOpenAI(base_url=sc.url, api_key=ACME_KEY, max_retries=0)
+    messages: Any = [{"role": "user", "content": "count my tokens please"}]
+    if api == "responses":
+        if stream:
+            async for _ in await client.responses.create(
+                model="gpt-4o", input="count my tokens please", stream=True
+            ):
+                pass
+        else:
+            await client.responses.create(model="gpt-4o", input="count my tokens please")
+    elif stream:
+        async for _ in await client.chat.completions.create(model="gpt-4o", messages=messages, stream=True):
+            pass
+    else:
+        await client.chat.completions.create(model="gpt-4o", messages=messages)
+    (end,) = _ends(sc)
+    budget = end["budget"]
+    assert budget["reserved"] > 4096  # the prompt plus acme's 4096-token output cap
+    assert 0 < budget["used"] < 50 and budget["reserved"] == budget["used"] + budget["refunded"]
+    assert await _used(sc) == budget["used"]  # only the real usage stays charged
+
+
+async def test_failed_upstream_calls_refund_everything(make_sidecar: MakeSidecar) -> None:
+    sc = await make_sidecar()
+    client = openai.AsyncOpenAI(base_url=sc.url, api_key=ACME_KEY, max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        await client.responses.create(model="gpt-4o", input="x", extra_headers={"x-dev-upstream-fail": "500"})
+    with pytest.raises(openai.APIStatusError):
+        await client.responses.create(model="gpt-4o", input="x", extra_headers={"x-dev-upstream-drop": "1"})
+    for end in _ends(sc):
+        assert end["budget"]["reserved"] > 0 and end["budget"]["refunded"] == end["budget"]["reserved"]
+    assert await _used(sc) == 0
+
+
+async def test_budget_exhausted_is_429_and_not_forwarded(
+    make_sidecar: MakeSidecar, upstream: Upstream
+) -> None:
+    sc = await make_sidecar()
+    await _limit(sc, day=5000)  # room for one call's reservation (prompt + 4096), not two at once
+    await upstream.clear()
+    client = openai.AsyncOpenAI(base_url=sc.url, api_key=ACME_KEY, max_retries=3)
+    await client.responses.create(model="gpt-4o", input="first")
+    assert sc.sidecar.budgets is not None
+    await sc.sidecar.budgets.store.set_limit_usage("acme", used={"day": 4000})
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.responses.create(model="gpt-4o", input="second")
+    err = caught.value
+    assert err.code == "budget_exceeded" and "day window" in err.message
+    assert err.response.headers["x-should-retry"] == "false"
+    assert 0 < int(err.response.headers["retry-after"]) <= 86_400
+    assert len(await upstream.requests()) == 1  # the refused call never left
+
+
+async def test_rate_limit_is_429_with_a_short_retry_after(make_sidecar: MakeSidecar, tmp_path: Any) -> None:
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / "p.rego").write_text(
+        'package sidecar\n\ndecision := {"allow": true, "rate_limit": {"requests_per_minute": 3}}\n'
+    )
+    sc = await make_sidecar(SIDECAR_BUNDLE=str(folder))
+    client = openai.AsyncOpenAI(base_url=sc.url, api_key=ACME_KEY, max_retries=0)
+    for _ in range(3):
+        await client.models.list()
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.models.list()
+    assert caught.value.code == "rate_limited"
+    assert 0 < int(caught.value.response.headers["retry-after"]) <= 60
+    assert "x-should-retry" not in caught.value.response.headers  # a retry after the wait can succeed
+
+
+async def test_client_disconnect_settles_what_was_streamed(
+    make_sidecar: MakeSidecar, upstream: Upstream
+) -> None:
+    sc = await make_sidecar()
+    body = {"model": "gpt-4o", "input": "tell me a long story " * 10, "stream": True}
+    headers = {"Authorization": f"Bearer {ACME_KEY}", "x-dev-upstream-stream-delay-ms": "50"}
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(sc.url + "/responses", json=body, headers=headers)
+        for _ in range(12):
+            await resp.content.readline()
+        resp.close()
+
+    async def settled() -> bool:
+        ends = _ends(sc)
+        return bool(ends) and ends[-1]["outcome"] == "client_disconnected"
+
+    await eventually(settled)
+    budget = _ends(sc)[-1]["budget"]
+    assert budget["used"] is None  # no usage arrived: the audit's `used` is the upstream's figure
+    charged = budget["reserved"] - budget["refunded"]
+    assert 0 < charged < budget["reserved"]  # the prompt plus the few streamed tokens, not the whole cap
+    assert await _used(sc) == charged
+
+
+# A model acme may use that its policy does not mark expensive, so only the budget itself refuses calls
+# (for gpt-4o the policy's guard would deny once under 10% of the day remains).
+CHEAP = "gpt-4.1-mini"
+
+
+async def _flood(url: str, n: int, stream: bool) -> list[str]:
+    """n calls at once. Sent with aiohttp: the point is raw concurrency (the openai client's own pool was
+    seen to stall with this many calls in flight on one client), and the wire format is the same."""
+    headers = {"Authorization": f"Bearer {ACME_KEY}"}
+
+    async def one(session: aiohttp.ClientSession, i: int) -> str:
+        body = {"model": CHEAP, "input": f"call {i}", "stream": stream}
+        async with session.post(url + "/responses", json=body, headers=headers) as resp:
+            payload = await resp.read()
+            if resp.status == 200:
+                return "ok"
+            return str(json.loads(payload)["error"]["code"])
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        return await asyncio.gather(*[one(session, i) for i in range(n)])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_concurrent_calls_never_overspend(
+    make_sidecar: MakeSidecar, redis_url: str, store: str, stream: bool
+) -> None:
+    env = {"SIDECAR_REDIS_URL": redis_url} if store == "redis" else {}
+    sc = await make_sidecar(**env)
+    assert sc.sidecar.budgets is not None
+    await sc.sidecar.budgets.store.reset("acme")
+    limit = 10 * 4120  # fits about ten reservations of (prompt + 4096)
+    await _limit(sc, day=limit)
+    outcomes = await _flood(sc.url, 40, stream)
+    # About ten reservations fit at once; a few more once early calls settle to their real usage.
+    assert 8 <= outcomes.count("ok") <= 20 and outcomes.count("budget_exceeded") == 40 - outcomes.count("ok")
+
+    async def all_settled() -> bool:  # a stream's settle runs after its last byte reached the caller
+        return len(_ends(sc)) == 40
+
+    await eventually(all_settled)
+    ends = [e for e in _ends(sc) if e["budget"]["reserved"]]
+    true_usage = sum(e["budget"]["used"] or 0 for e in ends)
+    assert true_usage <= limit + max(e["budget"]["used"] or 0 for e in ends)
+    assert await _used(sc) == true_usage  # every reservation settled to its real usage
+
+
+async def test_two_sidecars_share_one_redis(make_sidecar: MakeSidecar, redis_url: str) -> None:
+    one = await make_sidecar(SIDECAR_REDIS_URL=redis_url)
+    two = await make_sidecar(SIDECAR_REDIS_URL=redis_url)
+    assert one.sidecar.budgets is not None
+    await one.sidecar.budgets.store.reset("acme")
+    await _limit(one, day=10 * 4120)  # stored in Redis: applies to both
+    limit = 10 * 4120
+    results = await asyncio.gather(_flood(one.url, 20, False), _flood(two.url, 20, False))
+    granted = sum(r.count("ok") for r in results)
+    # One budget across both replicas: about ten reservations fit at once (a few more once early calls
+    # settle to their real usage), never the forty the two would grant on separate budgets.
+    assert 8 <= granted <= 20 and all(r.count("budget_exceeded") > 0 for r in results)
+
+    async def all_settled() -> bool:
+        return len(_ends(one)) + len(_ends(two)) == 40
+
+    await eventually(all_settled)
+    ends = [e for sc in (one, two) for e in _ends(sc) if e["budget"]["reserved"]]
+    true_usage = sum(e["budget"]["used"] or 0 for e in ends)
+    assert true_usage <= limit + max(e["budget"]["used"] or 0 for e in ends)
+    assert await _used(one) == await _used(two) == true_usage
+
+
+async def test_redis_down_fails_closed_or_open(make_sidecar: MakeSidecar, upstream: Upstream) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    closed = await make_sidecar(SIDECAR_REDIS_URL=dead)
+    await upstream.clear()
+    client = openai.AsyncOpenAI(base_url=closed.url, api_key=ACME_KEY, max_retries=0)
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.responses.create(model="gpt-4o", input="x")
+    assert caught.value.status_code == 503 and caught.value.code == "store_unavailable"
+    assert await upstream.requests() == []
+    async with aiohttp.ClientSession() as s, s.get(closed.admin + "/readyz") as r:
+        assert r.status == 503 and (await r.json())["store"]["ok"] is False
+
+    opened = await make_sidecar(SIDECAR_REDIS_URL=dead, SIDECAR_FAIL_MODE="open")
+    client = openai.AsyncOpenAI(base_url=opened.url, api_key=ACME_KEY, max_retries=0)
+    assert (await client.responses.create(model="gpt-4o", input="x")).output_text == "Echo: x"
+    assert "store" in opened.audit()[-1]["fail_open"]
+    assert json.dumps(opened.audit()[-1]).count("fail_open") == 1
