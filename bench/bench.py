@@ -48,7 +48,7 @@ from procs import (
     sample_cpu,
 )
 from report import Row, print_report
-from targets import ROOT, Launcher, Service, ensure_litellm, find_opa
+from targets import ROOT, Launcher, Service, bench_bundle, ensure_litellm, find_opa
 
 ENDPOINTS: dict[str, tuple[str, dict[str, Any]]] = {
     "responses": ("/v1/responses", {"model": "gpt-4o-mini", "input": "hello"}),
@@ -99,7 +99,8 @@ class Bench:
         self.pin_note = why or self.pin.describe()
         self.loadgen = LoadGen(self.children, self.pin.others, self.args.loadgen)
         self.workdir = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
-        self.launcher = Launcher(self.children, self.pin, self.workdir, Path(self.args.bundle).resolve())
+        bundle = bench_bundle(Path(self.args.bundle).resolve(), self.workdir)
+        self.launcher = Launcher(self.children, self.pin, self.workdir, bundle)
         if self.args.chat:
             self.endpoints.append("chat")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -187,3 +188,20 @@ def find_opa() -> tuple[str | None, str]:
     if code != 0 or not path or not os.access(path, os.X_OK):
         return None, f"scripts/get-opa.sh failed (exit {code}): {err[-800:]}"
     return path, ""
+
+
+def bench_bundle(source: Path, workdir: Path) -> Path:
+    """A copy of the bundle in which the benchmark tenant's budget and rate limit cannot bind.
+
+    Reservation and settlement still run on every call (the limits are set, just out of reach), so their
+    cost is measured; only the refusals, which would make thousands of fast 429s of the benchmark, go.
+    """
+    target = workdir / "bench-bundle"
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    data_file = target / "data.json"
+    data = json.loads(data_file.read_text())
+    tenant = data.setdefault("sidecar", {}).setdefault("tenants", {}).setdefault(CALLER["tenant"], {})
+    tenant["budget"] = {**tenant.get("budget", {}), "limits": {"minute": 10**12, "day": 10**13}}
+    tenant["rate_limit"] = None
+    data_file.write_text(json.dumps(data))
+    return target
