@@ -111,6 +111,10 @@ def parser() -> argparse.ArgumentParser:
     averify.add_argument("file")
     averify.set_defaults(func=_audit_verify)
 
+    from sidecar.budget.cli import add_parser as add_budget
+
+    add_budget(sub)
+
     sub.add_parser("dev-upstream", help="a local OpenAI-compatible stand-in upstream", add_help=False)
     return root
 

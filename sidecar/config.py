@@ -117,7 +117,9 @@ def _coerce(name: str, raw: Any) -> Any:
     return str(raw)
 
 
-def load(config_file: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load(
+    config_file: str | None = None, environ: Mapping[str, str] | None = None, *, require_keys: bool = True
+) -> Settings:
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     if config_file:
@@ -134,16 +136,16 @@ def load(config_file: str | None = None, environ: Mapping[str, str] | None = Non
         if var in env:
             values[name] = _coerce(name, env[var])
     settings = Settings(**values)
-    _validate(settings)
+    _validate(settings, require_keys)
     return settings
 
 
-def _validate(s: Settings) -> None:
+def _validate(s: Settings, require_keys: bool = True) -> None:
     if s.auth_mode not in {"static", "jwt", "pod"}:
         raise ConfigError(f"SIDECAR_AUTH_MODE must be static, jwt or pod, not {s.auth_mode!r}")
     if s.fail_mode not in {"closed", "open"}:
         raise ConfigError(f"SIDECAR_FAIL_MODE must be closed or open, not {s.fail_mode!r}")
-    if s.auth_mode == "static" and not s.static_keys_file:
+    if require_keys and s.auth_mode == "static" and not s.static_keys_file:
         raise ConfigError("SIDECAR_AUTH_MODE=static needs SIDECAR_STATIC_KEYS_FILE")
     if s.upstream_api_key_file and not Path(s.upstream_api_key_file).is_file():
         raise ConfigError(f"SIDECAR_UPSTREAM_API_KEY_FILE {s.upstream_api_key_file} does not exist")

@@ -11,6 +11,7 @@ import tarfile
 import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,46 @@ def test_serve_drains_in_flight_calls_on_sigterm(upstream: Upstream, keys_file: 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _budget(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SIDECAR_REDIS_URL": redis_url}
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "budget", *args], env=env, capture_output=True, text=True
+    )
+
+
+async def test_budget_cli_against_redis(make_sidecar: Any, redis_url: str) -> None:
+    import openai
+
+    assert _budget(redis_url, "reset", "--tenant", "acme").returncode == 0
+    done = _budget(redis_url, "set", "--tenant", "acme", "--limit", "day=3000", "--used", "day=100", "--json")
+    assert done.returncode == 0, done.stderr
+    day = json.loads(done.stdout)["windows"]["day"]
+    assert (day["limit"], day["used"], day["remaining"]) == (3000, 100, 2900) and day["resets_at"].endswith(
+        "Z"
+    )
+
+    sc = await make_sidecar(
+        SIDECAR_REDIS_URL=redis_url
+    )  # the stored limit caps the policy's, on every replica
+    client = openai.AsyncOpenAI(base_url=sc.url, api_key=ACME_KEY, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.responses.create(model="gpt-4o-mini", input="too big for 2900 tokens")
+    assert caught.value.code == "budget_exceeded"
+
+    shown = _budget(redis_url, "show", "--tenant", "acme")
+    assert shown.returncode == 0 and "day" in shown.stdout and "3,000" in shown.stdout
+    assert _budget(redis_url, "reset", "--tenant", "acme").returncode == 0
+    cleared = json.loads(_budget(redis_url, "show", "--tenant", "acme", "--json").stdout)["windows"]["day"]
+    assert cleared["used"] == 0 and cleared["limit"] == 3000  # usage gone, the stored limit stays
+    assert _budget(redis_url, "set", "--tenant", "acme", "--limit", "day=none").returncode == 0
+    bad = _budget(redis_url, "set", "--tenant", "acme", "--used", "week=5")
+    assert bad.returncode == 2 and "WINDOW=N" in bad.stderr
+
+
+def test_budget_cli_needs_redis() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SIDECAR_REDIS_URL"}
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "budget", "show", "--tenant", "acme"], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "SIDECAR_REDIS_URL" in proc.stderr
