@@ -110,14 +110,13 @@ class Budgets:
         return result
 
     def actual(self, call: Call, usage: Usage | None) -> int:
-        """What the call really used: the upstream's usage; else, when text was streamed (or the caller left
-        mid-stream), the prompt as estimated plus the streamed text counted; else nothing (a failed call, or
-        one that generates no tokens)."""
+        """What the call really used: the upstream's usage; else, for a stream the upstream accepted (200)
+        that ended without usage (the caller left, or the stream broke off), the prompt as estimated plus
+        the streamed text counted; else nothing (a failed call, or one that generates no tokens)."""
         if usage is not None:
             return usage.total
-        streamed = "".join(call.streamed or ())
-        if streamed or call.outcome == "client_disconnected":
-            return call.estimated_input_tokens + self._count(streamed, call.model)
+        if call.stream and call.upstream_status == 200:
+            return call.estimated_input_tokens + self._count("".join(call.streamed or ()), call.model)
         return 0
 
     async def settle(self, call: Call, reservation: object | None, usage: Usage | None, ok: bool) -> None:
