@@ -52,6 +52,11 @@ async def test_reserve_then_settle_with_real_usage(make_sidecar: MakeSidecar, ap
     assert budget["reserved"] > 4096  # the prompt plus acme's 4096-token output cap
     assert 0 < budget["used"] < 50 and budget["reserved"] == budget["used"] + budget["refunded"]
     assert await _used(sc) == budget["used"]  # only the real usage stays charged
+    assert sc.sidecar.budgets is not None
+    tokens = sc.sidecar.budgets.tokens  # the metrics hook: per tenant and model
+    assert tokens[("acme", "gpt-4o", "reserved")] == budget["reserved"]
+    assert tokens[("acme", "gpt-4o", "used")] == budget["used"]
+    assert tokens[("acme", "gpt-4o", "refunded")] == budget["refunded"]
 
 
 async def test_failed_upstream_calls_refund_everything(make_sidecar: MakeSidecar) -> None:

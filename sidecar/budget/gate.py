@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from sidecar.budget.store import BudgetStore, Refusal, Reservation, StoreUnavailable, budget_doc
@@ -39,6 +40,9 @@ class Budgets:
         self._settings = settings
         self._count = count_tokens
         self._limits: dict[str, dict[str, int]] = {}  # the last decision's limits per tenant
+        # Running totals per (tenant, model, "reserved" | "used" | "refunded"): the hook the metrics
+        # exporter reads (tokens reserved, used and refunded per tenant and model).
+        self.tokens: Counter[tuple[str, str, str]] = Counter()
 
     async def _guard(self, call: Call, what: str) -> bool:
         """Whether a store failure may be passed over (fail open); raises 503 otherwise."""
@@ -106,6 +110,7 @@ class Budgets:
                 **{"retry-after": str(result.retry_after)},
             )
         call.reserved_tokens = result.amount
+        self.tokens[(tenant, call.model or "", "reserved")] += result.amount
         call.streamed = []  # count the streamed text, for settling a call whose usage never arrives
         return result
 
@@ -126,6 +131,9 @@ class Budgets:
         started = time.perf_counter()
         try:
             call.refunded_tokens = await self.store.settle(reservation, actual)
+            key = (reservation.tenant, call.model or "")
+            self.tokens[(*key, "used")] += actual
+            self.tokens[(*key, "refunded")] += call.refunded_tokens
         except StoreUnavailable:
             # The reservation expires with its TTL instead; the audit shows the settle did not happen.
             log.error("budget settle failed; the reservation will expire", extra={"request_id": call.id})
