@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -131,81 +130,6 @@ async def test_client_disconnect_settles_what_was_streamed(
     assert await _used(sc) == charged
 
 
-# A model acme may use that its policy does not mark expensive, so only the budget itself refuses calls
-# (for gpt-4o the policy's guard would deny once under 10% of the day remains).
-CHEAP = "gpt-4.1-mini"
-
-
-async def _flood(url: str, n: int, stream: bool) -> list[str]:
-    """n calls at once, sent with aiohttp: the point is raw concurrency, and the wire format is the same."""
-    headers = {"Authorization": f"Bearer {ACME_KEY}"}
-
-    async def one(session: aiohttp.ClientSession, i: int) -> str:
-        body = {"model": CHEAP, "input": f"call {i}", "stream": stream}
-        async with session.post(url + "/responses", json=body, headers=headers) as resp:
-            payload = await resp.read()
-            if resp.status == 200:
-                return "ok"
-            return str(json.loads(payload)["error"]["code"])
-
-    async def flood() -> list[str]:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            return await asyncio.gather(*[one(session, i) for i in range(n)])
-
-    # The callers get their own thread and event loop, as agents in their own process would: with 40
-    # calls in flight, a client sharing the sidecar's loop was seen to stall (see the issue 4 note).
-    return await asyncio.to_thread(asyncio.run, flood())
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("store", ["memory", "redis"])
-async def test_concurrent_calls_never_overspend(
-    make_sidecar: MakeSidecar, redis_url: str, store: str, stream: bool
-) -> None:
-    env = {"SIDECAR_REDIS_URL": redis_url} if store == "redis" else {}
-    sc = await make_sidecar(**env)
-    assert sc.sidecar.budgets is not None
-    await sc.sidecar.budgets.store.reset("acme")
-    limit = 10 * 4120  # fits about ten reservations of (prompt + 4096)
-    await _limit(sc, day=limit)
-    outcomes = await _flood(sc.url, 40, stream)
-    # About ten reservations fit at once; more once early calls settle to their real usage. The invariant
-    # that matters is below: real usage never exceeds the limit by more than one call's usage.
-    assert 8 <= outcomes.count("ok") < 40 and outcomes.count("budget_exceeded") == 40 - outcomes.count("ok")
-
-    async def all_settled() -> bool:  # a stream's settle runs after its last byte reached the caller
-        return len(_ends(sc)) == 40
-
-    await eventually(all_settled)
-    ends = [e for e in _ends(sc) if e["budget"]["reserved"]]
-    true_usage = sum(e["budget"]["used"] or 0 for e in ends)
-    assert true_usage <= limit + max(e["budget"]["used"] or 0 for e in ends)
-    assert await _used(sc) == true_usage  # every reservation settled to its real usage
-
-
-async def test_two_sidecars_share_one_redis(make_sidecar: MakeSidecar, redis_url: str) -> None:
-    one = await make_sidecar(SIDECAR_REDIS_URL=redis_url)
-    two = await make_sidecar(SIDECAR_REDIS_URL=redis_url)
-    assert one.sidecar.budgets is not None
-    await one.sidecar.budgets.store.reset("acme")
-    await _limit(one, day=10 * 4120)  # stored in Redis: applies to both
-    limit = 10 * 4120
-    results = await asyncio.gather(_flood(one.url, 20, False), _flood(two.url, 20, False))
-    granted = sum(r.count("ok") for r in results)
-    # One budget across both replicas: about ten reservations fit at once (a few more once early calls
-    # settle to their real usage), never the forty the two would grant on separate budgets.
-    assert 8 <= granted < 40 and any(r.count("budget_exceeded") > 0 for r in results)
-
-    async def all_settled() -> bool:
-        return len(_ends(one)) + len(_ends(two)) == 40
-
-    await eventually(all_settled)
-    ends = [e for sc in (one, two) for e in _ends(sc) if e["budget"]["reserved"]]
-    true_usage = sum(e["budget"]["used"] or 0 for e in ends)
-    assert true_usage <= limit + max(e["budget"]["used"] or 0 for e in ends)
-    assert await _used(one) == await _used(two) == true_usage
-
-
 async def test_redis_down_fails_closed_or_open(make_sidecar: MakeSidecar, upstream: Upstream) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     closed = await make_sidecar(SIDECAR_REDIS_URL=dead)
@@ -242,34 +166,3 @@ async def test_stream_without_usage_is_settled_from_the_streamed_text(make_sidec
     budget = _ends(sc)[-1]["budget"]
     charged = budget["reserved"] - budget["refunded"]
     assert budget["used"] is None and 0 < charged < budget["reserved"]  # the prompt and any text, counted
-
-
-async def test_two_sidecar_processes_share_one_redis(
-    make_sidecar: MakeSidecar, redis_url: str, upstream: Upstream, keys_file: str, tmp_path: Any
-) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import BUNDLE, PROVIDER_KEY, wait_http
-
-    one = await make_sidecar(SIDECAR_REDIS_URL=redis_url)
-    assert one.sidecar.budgets is not None
-    await one.sidecar.budgets.store.reset("acme")
-    await _limit(one, day=10 * 4120)
-    port, admin = free_port(), free_port()
-    env = {**os.environ, "SIDECAR_PORT": str(port), "SIDECAR_ADMIN_PORT": str(admin), "SIDECAR_UPSTREAM_URL": upstream.url,
-           "SIDECAR_UPSTREAM_API_KEY": PROVIDER_KEY, "SIDECAR_STATIC_KEYS_FILE": keys_file, "SIDECAR_REDIS_URL": redis_url,
-           "SIDECAR_BUNDLE": str(BUNDLE), "SIDECAR_AUDIT_LOG": str(tmp_path / "two.log"), "SIDECAR_LOG_LEVEL": "warning"}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=env)  # noqa: ASYNC220
-    try:
-        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{admin}/readyz", 30.0, proc)
-        results = await asyncio.gather(
-            _flood(one.url, 20, False), _flood(f"http://127.0.0.1:{port}/v1", 20, False)
-        )
-    finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 30)
-    granted = sum(r.count("ok") for r in results)
-    assert 8 <= granted < 40 and any(r.count("budget_exceeded") > 0 for r in results)
-    assert await _used(one) <= 10 * 4120 + 50  # one shared budget across the two processes
