@@ -44,8 +44,8 @@ class Budgets:
         # exporter reads (tokens reserved, used and refunded per tenant and model).
         self.tokens: Counter[tuple[str, str, str]] = Counter()
 
-    async def _guard(self, call: Call, what: str) -> bool:
-        """Whether a store failure may be passed over (fail open); raises 503 otherwise."""
+    def _guard(self, call: Call, what: str) -> None:
+        """Pass over a store failure when failing open (recorded in the audit); raise 503 otherwise."""
         if not self._settings.fail_open:
             raise store_unavailable()
         if "store" not in call.fail_open:
@@ -53,7 +53,6 @@ class Budgets:
         log.warning(
             "budget store unavailable; allowed by fail-open", extra={"request_id": call.id, "step": what}
         )
-        return True
 
     async def input_doc(self, call: Call) -> BudgetDoc:
         tenant = call.subject.tenant
@@ -62,7 +61,7 @@ class Budgets:
         try:
             states = await self.store.snapshot(tenant, self._limits.get(tenant, {}))
         except StoreUnavailable:
-            await self._guard(call, "snapshot")
+            self._guard(call, "snapshot")
             return {"tenant": tenant, "windows": {}}
         return budget_doc(tenant, states)
 
@@ -95,7 +94,7 @@ class Budgets:
                 tenant, decision.budget_limits, amount, call.id, self._settings.budget_reservation_ttl
             )
         except StoreUnavailable:
-            await self._guard(call, "reserve")
+            self._guard(call, "reserve")
             return None
         finally:
             call.timed("budget", started)

@@ -27,10 +27,17 @@ log = logging.getLogger(__name__)
 GENESIS = "0" * 64
 
 
-def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "hash"}
-    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+def _link(prev_hash: str, canonical: bytes) -> str:
+    """The chain rule, in one place: SHA-256 over the previous hash and the record's canonical JSON."""
     return hashlib.sha256(prev_hash.encode() + b"\n" + canonical).hexdigest()
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return orjson.dumps({k: v for k, v in record.items() if k != "hash"}, option=orjson.OPT_SORT_KEYS)
+
+
+def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
+    return _link(prev_hash, canonical(record))
 
 
 def build_record(call: Call, phase: str, revision: str) -> dict[str, Any]:
@@ -123,9 +130,9 @@ class AuditLog:
     def write(self, record: dict[str, Any]) -> None:
         record["prev_hash"] = self._prev
         # Serialised once: the canonical bytes are hashed, then written with the hash appended last.
-        canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-        digest = hashlib.sha256(self._prev.encode() + b"\n" + canonical).hexdigest()
-        self._fh.write(canonical[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
+        body = canonical(record)
+        digest = _link(self._prev, body)
+        self._fh.write(body[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
         self._fh.flush()
         self._prev = digest
 
