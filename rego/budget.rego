@@ -7,6 +7,14 @@
 #                           models matching models.expensive are denied while
 #                           less than that share of one of those windows
 #                           remains (from input.budget.windows).
+#   budget.default_output_tokens
+#                           what a reservation counts for the output when
+#                           neither the request nor max_output_tokens limits
+#                           it: the largest value of the patterns in
+#                           budget.default_output_tokens_by_model matching the
+#                           model (largest, since a reservation must not be
+#                           too small), else budget.default_output_tokens,
+#                           else null (the sidecar then uses 4096).
 #   rate_limit              {"requests_per_minute": n}, or null for none.
 package sidecar
 
@@ -19,6 +27,21 @@ budget_limits := {win: n |
 	budget_windows[win]
 	is_number(n)
 }
+
+model_output_defaults := [n |
+	defaults := setting2("budget", "default_output_tokens_by_model")
+	is_object(defaults)
+	some pat, n in defaults
+	is_number(n)
+	pattern_match(pat, model)
+]
+
+default_output_tokens := max(model_output_defaults) if {
+	count(model_output_defaults) > 0
+} else := n if {
+	n := setting2("budget", "default_output_tokens")
+	is_number(n)
+} else := null
 
 rate_limit := {"requests_per_minute": n} if {
 	rl := setting("rate_limit")

@@ -4,19 +4,36 @@ fx_day_left(remaining) := {"budget": {"windows": {"day": {"limit": 2000000, "use
 
 test_acme_budget_and_rate_limit if {
 	d := decision with input as fx_agent_call
-	d.budget == {"limits": {"minute": 200000, "day": 2000000}}
+	d.budget == {"limits": {"minute": 200000, "day": 2000000}, "default_output_tokens": 16384}
 	d.rate_limit == {"requests_per_minute": 120}
 }
 
 test_globex_budget_and_rate_limit if {
 	d := decision with input as fx_tenant_call("globex", {"request": {"model": "gpt-4o-mini"}})
-	d.budget == {"limits": {"minute": 50000, "hour": 500000, "day": 1000000, "month": 20000000}}
+	d.budget == {"limits": {"minute": 50000, "hour": 500000, "day": 1000000, "month": 20000000}, "default_output_tokens": 16384}
 	d.rate_limit == {"requests_per_minute": 30}
 }
 
 test_budget_limits_filter_bad_entries if {
 	budget_limits == {"day": 5} with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/budget/limits", {"day": 5, "week": 7, "hour": "10"})
 	budget_limits == {} with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/budget/limits", [1])
+}
+
+test_default_output_tokens_per_model if {
+	default_output_tokens == 32768 with input as fx_model_call("gpt-4.1-mini")
+	default_output_tokens == 100000 with input as fx_model_call("o3-mini")
+	default_output_tokens == 4096 with input as fx_model_call("some-other-model")
+	default_output_tokens == 4096 with input as fx_call({"request": {"model": null}})
+}
+
+test_default_output_tokens_largest_match_wins if {
+	defaults := {"gpt-4o*": 100, "gpt-4o-mini*": 300, "x*": 999}
+	default_output_tokens == 300 with input as fx_model_call("gpt-4o-mini") with data.sidecar.tenants as fx_tenants_set("/acme/budget/default_output_tokens_by_model", defaults)
+}
+
+test_default_output_tokens_unset if {
+	default_output_tokens == null with input as fx_model_call("unknown") with data.sidecar.defaults.budget.default_output_tokens as "4096"
+	default_output_tokens == 4096 with input as fx_model_call("gpt-4o") with data.sidecar.tenants as fx_tenants_set("/acme/budget/default_output_tokens_by_model", [1])
 }
 
 test_rate_limit_off if {

@@ -32,7 +32,7 @@ default decision := {
 		"response": {"entities": [], "operator": "redact"},
 		"restore": true,
 	},
-	"budget": {"limits": {}},
+	"budget": {"limits": {}, "default_output_tokens": null},
 	"max_output_tokens": null,
 	"rate_limit": null,
 }
@@ -44,7 +44,7 @@ decision := {
 	"require_approval": require_approval,
 	"approvers": approvers,
 	"mask": mask,
-	"budget": {"limits": budget_limits},
+	"budget": {"limits": budget_limits, "default_output_tokens": default_output_tokens},
 	"max_output_tokens": max_output_tokens,
 	"rate_limit": rate_limit,
 }

@@ -95,7 +95,7 @@ test_allowed_agent_call_full_decision if {
 			"response": {"entities": ["CREDIT_CARD", "US_SSN", "IBAN_CODE"], "operator": "redact"},
 			"restore": true,
 		},
-		"budget": {"limits": {"minute": 200000, "day": 2000000}},
+		"budget": {"limits": {"minute": 200000, "day": 2000000}, "default_output_tokens": 16384},
 		"max_output_tokens": 4096,
 		"rate_limit": {"requests_per_minute": 120},
 	} with input as fx_agent_call

@@ -103,6 +103,8 @@ class Decision:
     approvers: tuple[str, ...] = ()
     mask: MaskDecision = MaskDecision()
     budget_limits: dict[str, int] = field(default_factory=dict)
+    # What a reservation counts for the output when neither the request nor max_output_tokens caps it.
+    default_output_tokens: int | None = None
     max_output_tokens: int | None = None
     requests_per_minute: int | None = None
 
@@ -123,6 +125,7 @@ class Decision:
         if not isinstance(code, str):
             raise MalformedDecision("decision.code must be a string")
         rpm = _optional(doc, "rate_limit", dict)
+        budget = _optional(doc, "budget", dict) or {}
         return cls(
             allow=allow,
             reasons=_strings(doc, "reasons"),
@@ -130,7 +133,10 @@ class Decision:
             require_approval=_optional(doc, "require_approval", bool) or False,
             approvers=_strings(doc, "approvers"),
             mask=_mask(_optional(doc, "mask", dict) or {}),
-            budget_limits=_limits(_optional(doc, "budget", dict) or {}),
+            budget_limits=_limits(budget),
+            default_output_tokens=_positive(
+                budget.get("default_output_tokens"), "budget.default_output_tokens"
+            ),
             max_output_tokens=_positive(doc.get("max_output_tokens"), "max_output_tokens"),
             requests_per_minute=_positive((rpm or {}).get("requests_per_minute"), "rate_limit"),
         )
@@ -154,7 +160,10 @@ class Decision:
                 },
                 "restore": self.mask.restore,
             },
-            "budget": {"limits": dict(self.budget_limits)},
+            "budget": {
+                "limits": dict(self.budget_limits),
+                "default_output_tokens": self.default_output_tokens,
+            },
             "max_output_tokens": self.max_output_tokens,
             "rate_limit": (
                 {"requests_per_minute": self.requests_per_minute} if self.requests_per_minute else None

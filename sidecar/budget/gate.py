@@ -24,8 +24,9 @@ from sidecar.pipeline.inspect import Summary
 
 log = logging.getLogger(__name__)
 
-# Output caps when neither the request nor the decision limits the output (per operation family).
-_DEFAULT_OUTPUT = {"responses.create": 4096, "chat.completions.create": 4096, "completions.create": 4096}
+# The output a reservation counts when neither the request, nor the decision's cap, nor the decision's
+# per-model `budget.default_output_tokens` (from the bundle's data) says: generating operations only.
+_FALLBACK_OUTPUT = {"responses.create": 4096, "chat.completions.create": 4096, "completions.create": 4096}
 
 
 def store_unavailable() -> SidecarError:
@@ -67,7 +68,12 @@ class Budgets:
 
     def amount(self, call: Call, decision: Decision, summary: Summary, input_tokens: int) -> int:
         caps = [c for c in (summary.max_output_tokens, decision.max_output_tokens) if c is not None]
-        output = min(caps) if caps else _DEFAULT_OUTPUT.get(call.operation, 0)
+        if caps:
+            output = min(caps)
+        elif call.operation in _FALLBACK_OUTPUT:
+            output = decision.default_output_tokens or _FALLBACK_OUTPUT[call.operation]
+        else:
+            output = 0
         return input_tokens + output
 
     async def admit(self, call: Call, decision: Decision, summary: Summary) -> Reservation | None:
