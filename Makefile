@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PYDIRS := $(wildcard sidecar tests bench examples scripts)
 OPA     = $(shell bash scripts/get-opa.sh)
 
-.PHONY: install run demo test lint fmt bench policy-test opa clean
+.PHONY: install run demo test test-kube lint fmt bench policy-test opa clean chart-policy
 
 $(BIN)/sidecar: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ run: install ## run the sidecar against SIDECAR_UPSTREAM_URL (set SIDECAR_UPSTRE
 demo: install ## dev-upstream + sidecar + a real openai-agents agent, with a readable summary
 	$(BIN)/python examples/demo.py
 
-test: install ## the whole test suite (needs opa; builds it on first use)
+test: install ## the whole test suite (needs opa, kube-apiserver and etcd; builds them on first use, then cached)
+	bash scripts/get-kube.sh >/dev/null
 	OPA_BIN=$(OPA) $(BIN)/pytest -q
+
+test-kube: install ## the webhook end to end on a real kube-apiserver + etcd (built on first use, ~5-10 min; cached)
+	bash scripts/get-kube.sh
+	$(BIN)/pytest -q -m kube
 
 policy-test: install ## opa test on the shipped bundle, with coverage >= 90%
 	$(OPA) test rego/ -v
@@ -47,6 +52,10 @@ bench: install ## sidecar overhead vs a direct call, side by side with LiteLLM; 
 	OPA_BIN=$(OPA) $(BIN)/python bench/bench.py $(BENCH_ARGS)
 	$(BIN)/python bench/pii.py $(BENCH_ARGS)
 	$(BIN)/python bench/budget.py $(BENCH_ARGS)
+
+chart-policy: ## copy rego/ (without the tests) into the Helm chart; tests/test_chart.py fails when they differ
+	rm -f charts/openai-policy-sidecar/policy/*.rego charts/openai-policy-sidecar/policy/*.json
+	for f in rego/*.rego rego/*.json; do case $$f in *_test.rego) ;; *) cp $$f charts/openai-policy-sidecar/policy/ ;; esac; done
 
 clean:
 	rm -rf $(VENV) .bench-venv .pytest_cache .mypy_cache .ruff_cache *.egg-info

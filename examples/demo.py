@@ -1,8 +1,9 @@
 """`make demo`: a real openai-agents agent behind the sidecar, against the local stand-in upstream.
 
 Starts `sidecar dev-upstream` and `sidecar serve` as real processes on free loopback ports, runs an agent
-with a function tool in all four modes (Responses / Chat Completions, plain / streamed), then shows what
-the policy refuses, and verifies the audit chain.
+with a function tool in all four modes (Responses / Chat Completions, plain / streamed), shows what the
+policy refuses, walks a fine-tuning job through a human approval (`sidecar approvals approve`), and
+verifies the audit chain.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from agents import (
 ROOT = Path(__file__).resolve().parents[1]
 PROVIDER_KEY = "sk-demo-provider-key"  # lives only in the sidecar's environment
 CALLER_KEY = "ck-demo-acme-agent"  # what the agent holds (examples/keys.json)
+APPROVER_KEY = "ck-demo-ml-lead"  # alice, group ml-leads: an approver in the shipped policy
 
 
 def free_port() -> int:
@@ -104,6 +106,44 @@ async def refusals(base_url: str) -> list[tuple[str, str]]:
     return rows
 
 
+async def approval_flow(base_url: str, admin_url: str) -> list[tuple[str, str]]:
+    """A high-risk call: held, approved by a human with the CLI, passed once, then held again."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=CALLER_KEY, max_retries=0)
+
+    async def create() -> str:
+        job = await client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file="file-demo")
+        return f"created {job.id}"
+
+    rows = []
+    try:
+        await create()
+        return [("first call", "UNEXPECTED: not held")]
+    except openai.PermissionDeniedError as exc:
+        approval_id = exc.response.headers["x-approval-id"]
+        rows.append(("first call", f"403 {exc.code}, x-approval-id {approval_id}"))
+    cli = [sys.executable, "-m", "sidecar", "approvals", "approve", approval_id, "--reason", "demo"]
+    approved = await asyncio.to_thread(
+        subprocess.run,
+        [*cli, "--admin-url", admin_url, "--token", APPROVER_KEY],
+        capture_output=True,
+        text=True,
+    )
+    rows.append(("alice approves", "ok" if approved.returncode == 0 else approved.stderr.strip()))
+    rows.append(("identical re-send", await create()))
+    try:
+        await create()
+        rows.append(("another re-send", "UNEXPECTED: passed twice"))
+    except openai.PermissionDeniedError as exc:
+        rows.append(("another re-send", f"403 {exc.code} (single use: a new approval)"))
+    return rows
+
+
+async def everything(
+    base_url: str, admin_url: str
+) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    return await run_agents(base_url), await refusals(base_url), await approval_flow(base_url, admin_url)
+
+
 def main() -> int:
     set_tracing_disabled(True)
     work = Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
@@ -129,8 +169,8 @@ def main() -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz") as resp:
             ready = json.load(resp)
         base = f"http://127.0.0.1:{port}/v1"
-        agent_rows = asyncio.run(run_agents(base))
-        refused = asyncio.run(refusals(base))
+        # One event loop for every client call: the SDK's shared HTTP client is bound to the first loop.
+        agent_rows, refused, approval_rows = asyncio.run(everything(base, f"http://127.0.0.1:{admin}"))
         with urllib.request.urlopen(f"http://127.0.0.1:{up_port}/_dev/requests") as resp:
             seen = json.load(resp)
     finally:
@@ -153,6 +193,9 @@ def main() -> int:
     print("\nrefused by the sidecar:")
     for what, outcome in refused:
         print(f"  {what:20} {outcome}")
+    print("\nhuman approval of a fine-tuning job:")
+    for what, outcome in approval_rows:
+        print(f"  {what:20} {outcome}")
     print(
         f"\nupstream saw {len(seen)} calls, all with the provider key: {keys == {'Bearer ' + PROVIDER_KEY}}"
     )
@@ -160,6 +203,7 @@ def main() -> int:
     print(f"audit log: {(verify.stdout or verify.stderr).strip()}")
     ok = len(agent_rows) == 4 and all("Sunny" in r[2] for r in agent_rows) and len(refused) == 4
     ok = ok and verify.returncode == 0 and keys == {"Bearer " + PROVIDER_KEY}
+    ok = ok and approval_rows[2][1].startswith("created ftjob-") and "new approval" in approval_rows[3][1]
     print("\nresult:", "OK" if ok else "UNEXPECTED (see above)")
     return 0 if ok else 1
 

@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from sidecar.approvals.admin import ApprovalsApi, admin_authenticator
+from sidecar.approvals.approvers import ApproverCheck
+from sidecar.approvals.gate import Approvals
+from sidecar.approvals.store import build_store as build_approval_store
 from sidecar.budget.gate import Budgets
 from sidecar.budget.memory_store import MemoryBudgetStore
 from sidecar.budget.redis_store import RedisBudgetStore
@@ -20,7 +24,7 @@ from sidecar.config import Settings
 from sidecar.pipeline.audit import AuditLog
 from sidecar.pipeline.authenticate import build_authenticator
 from sidecar.pipeline.decide import Decider
-from sidecar.pipeline.enforce import Enforcer, HoldForApproval
+from sidecar.pipeline.enforce import Enforcer
 from sidecar.pipeline.forward import Forwarder
 from sidecar.pipeline.inspect import encoding_for
 from sidecar.policy.bundle import Bundle, BundleError, read_tarball
@@ -29,6 +33,8 @@ from sidecar.policy.embedded import EmbeddedEngine
 from sidecar.policy.engine import PolicyEngine
 from sidecar.policy.reload import BundleReloader, accept, load_configured
 from sidecar.proxy import Proxy, not_found
+from sidecar.telemetry import METRICS_CONTENT_TYPE, Telemetry
+from sidecar.telemetry import setup as setup_telemetry
 
 if TYPE_CHECKING:
     from sidecar.pii.scanner import PresidioScanner
@@ -50,6 +56,14 @@ async def initial_bundle(settings: Settings) -> Bundle:
     return accept(read_tarball(blob, settings.bundle_url), settings.bundle_url, settings)
 
 
+async def build_engine(settings: Settings) -> PolicyEngine:
+    """The OPA daemon's REST API when SIDECAR_OPA_URL is set, else the embedded engine on the bundle."""
+    if settings.opa_url:
+        return DaemonEngine(settings.opa_url, settings.decision_path, settings.opa_timeout)
+    bundle = await initial_bundle(settings)
+    return EmbeddedEngine(bundle, settings.decision_path, settings.decision_cache_entries)
+
+
 @dataclass(slots=True)
 class Sidecar:
     settings: Settings
@@ -58,28 +72,25 @@ class Sidecar:
     reloader: BundleReloader | None = None
     scanner: PresidioScanner | None = None
     budgets: Budgets | None = None
+    approvals: Approvals | None = None
     draining: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def create(cls, settings: Settings) -> Sidecar:
-        engine: PolicyEngine
-        reloader = None
-        if settings.opa_url:
-            engine = DaemonEngine(settings.opa_url, settings.decision_path, settings.opa_timeout)
-        else:
-            embedded = EmbeddedEngine(
-                await initial_bundle(settings), settings.decision_path, settings.decision_cache_entries
-            )
-            reloader = BundleReloader(embedded, settings)
-            engine = embedded
+    async def create(cls, settings: Settings, telemetry: Telemetry | None = None) -> Sidecar:
+        # First, so that a missing OTLP exporter package fails start-up before anything is built.
+        tel = telemetry if telemetry is not None else setup_telemetry(settings)
+        engine = await build_engine(settings)
+        reloader = BundleReloader(engine, settings) if isinstance(engine, EmbeddedEngine) else None
         store: BudgetStore = (
             RedisBudgetStore(settings.redis_url, timeout=settings.redis_timeout)
             if settings.redis_url
             else MemoryBudgetStore()
         )
         budgets = Budgets(store, settings, lambda text, model: len(encoding_for(model).encode(text)))
+        tel.observe_budgets(budgets)
+        approvals = Approvals(build_approval_store(settings), settings)
         scanner = None
         if settings.pii_mode != "off":
             from sidecar.pii.scanner import PresidioMasker, PresidioScanner
@@ -90,7 +101,9 @@ class Sidecar:
             authenticator=build_authenticator(settings),
             decider=Decider(engine, settings.fail_open),
             enforcer=Enforcer(
-                approvals=HoldForApproval(), budget=budgets, masker=PresidioMasker() if scanner else None
+                approvals=approvals,
+                budget=tel.traced_budget(budgets),
+                masker=PresidioMasker() if scanner else None,
             ),
             forwarder=Forwarder(settings),
             audit=AuditLog(settings.audit_log),
@@ -98,10 +111,12 @@ class Sidecar:
             pii=scanner,
             settler=budgets,
             budget_view=budgets.input_doc,
+            approvals=approvals,
+            telemetry=tel,
         )
         if scanner is not None:
             proxy.transforms = scanner.transforms
-        return cls(settings, engine, proxy, reloader, scanner, budgets)
+        return cls(settings, engine, proxy, reloader, scanner, budgets, approvals)
 
     async def start(self) -> None:
         await self.engine.start()
@@ -123,7 +138,10 @@ class Sidecar:
         await self.engine.close()
         if self.budgets is not None:
             await self.budgets.store.close()
+        if self.approvals is not None:
+            await self.approvals.close()
         self.proxy.audit.close()
+        self.proxy.telemetry.shutdown()
 
     def data_app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body_bytes)
@@ -135,7 +153,16 @@ class Sidecar:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        if self.approvals is not None:
+            check = ApproverCheck(self.engine, self.settings.approver_decision_path)
+            auth = admin_authenticator(self.settings)
+            ApprovalsApi(self.approvals.store, check, auth, self.proxy.audit).routes(app)
         return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = self.proxy.telemetry.render_metrics()
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

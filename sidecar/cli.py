@@ -111,9 +111,15 @@ def parser() -> argparse.ArgumentParser:
     averify.add_argument("file")
     averify.set_defaults(func=_audit_verify)
 
+    from sidecar.approvals.cli import add_parser as add_approvals
     from sidecar.budget.cli import add_parser as add_budget
 
     add_budget(sub)
+    add_approvals(sub)
+
+    from sidecar.inject.cli import add_parser as add_inject_webhook
+
+    add_inject_webhook(sub)
 
     sub.add_parser("dev-upstream", help="a local OpenAI-compatible stand-in upstream", add_help=False)
     return root

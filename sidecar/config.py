@@ -28,6 +28,8 @@ DEFAULT_INPUT_HEADERS = (
 NEVER_INPUT_HEADERS = frozenset(
     {"authorization", "cookie", "proxy-authorization", "x-end-user-token", "api-key"}
 )
+# Signature algorithms a JWT may use (SIDECAR_JWT_ALGORITHMS picks from these): public-key ones only.
+JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 
 
 class ConfigError(ValueError):
@@ -66,6 +68,35 @@ class Settings:
     jwks_url: str = ""
     jwt_audience: str = ""
     tenant_claim: str = "tenant"
+    # Identity (sidecar.identity): JWT verification, the end-user token, and pod mode. See README "Identity".
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_leeway: float = 30.0
+    groups_claim: str = "groups"
+    jwks_min_refresh_interval: float = 30.0
+    jwks_max_age: float = 300.0
+    jwks_timeout: float = 5.0
+    jwks_ca_file: str = ""
+    jwks_token_file: str = ""
+    end_user_issuer: str = ""
+    end_user_jwks_url: str = ""
+    end_user_audience: str = ""
+    end_user_groups_claim: str = ""
+    pod_sub: str = ""
+    pod_tenant: str = ""
+    pod_groups: str = ""
+    pod_namespace: str = ""
+    pod_service_account: str = ""
+    pod_info_dir: str = ""
+    pod_tenant_label: str = "tenant"
+    # Approvals (sidecar.approvals): how long one waits for a decision, then for its use; the approver
+    # query; the notification webhook; how the admin API authenticates approvers (jwt | static | off).
+    approval_ttl: float = 3600.0
+    approver_decision_path: str = "sidecar/approver"
+    approval_webhook_url: str = ""
+    approval_webhook_secret: str = field(default="", repr=False)
+    approval_webhook_timeout: float = 5.0
+    admin_auth: str = ""  # default: jwt when a JWKS is configured, else static with the keys file
+    admin_jwt_audience: str = ""  # default: SIDECAR_JWT_AUDIENCE
     audit_log: str = "-"
     fail_mode: str = "closed"
     pii_mode: str = "ner"
@@ -143,10 +174,24 @@ def load(
 def _validate(s: Settings, require_keys: bool = True) -> None:
     if s.auth_mode not in {"static", "jwt", "pod"}:
         raise ConfigError(f"SIDECAR_AUTH_MODE must be static, jwt or pod, not {s.auth_mode!r}")
+    if s.admin_auth not in {"", "jwt", "static", "off"}:
+        raise ConfigError(f"SIDECAR_ADMIN_AUTH must be jwt, static or off, not {s.admin_auth!r}")
+    if s.approval_ttl <= 0:
+        raise ConfigError("SIDECAR_APPROVAL_TTL must be a positive number of seconds")
     if s.fail_mode not in {"closed", "open"}:
         raise ConfigError(f"SIDECAR_FAIL_MODE must be closed or open, not {s.fail_mode!r}")
     if require_keys and s.auth_mode == "static" and not s.static_keys_file:
         raise ConfigError("SIDECAR_AUTH_MODE=static needs SIDECAR_STATIC_KEYS_FILE")
+    if require_keys and s.auth_mode == "jwt" and not (s.oidc_issuer and s.jwt_audience):
+        # Without an issuer and an audience, any token the IdP ever signed, for any client, would pass.
+        raise ConfigError("SIDECAR_AUTH_MODE=jwt needs SIDECAR_OIDC_ISSUER and SIDECAR_JWT_AUDIENCE")
+    # Keys come from a public JWKS, so only public-key algorithms make sense: `none` and HS* are refused here,
+    # and the verifier refuses any alg outside this list before a key is even looked up.
+    if unknown_algs := {a.upper() for a in s.jwt_algorithms} - JWT_ALGORITHMS:
+        raise ConfigError(
+            f"SIDECAR_JWT_ALGORITHMS may only name {', '.join(sorted(JWT_ALGORITHMS))}, "
+            f"not {sorted(unknown_algs)}"
+        )
     if s.upstream_api_key_file and not Path(s.upstream_api_key_file).is_file():
         raise ConfigError(f"SIDECAR_UPSTREAM_API_KEY_FILE {s.upstream_api_key_file} does not exist")
     if s.pii_mode not in {"patterns", "ner", "off"}:

@@ -8,9 +8,11 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
+from sidecar.approvals.gate import Approvals
 from sidecar.config import Settings
 from sidecar.documents import BudgetDoc
 from sidecar.errors import SidecarError, error_response
@@ -21,9 +23,10 @@ from sidecar.pipeline.context import Call, new_request_id
 from sidecar.pipeline.decide import Decider, build_input
 from sidecar.pipeline.enforce import Enforcer, Plan
 from sidecar.pipeline.forward import Forwarder
-from sidecar.pipeline.inspect import PiiScanner, read_payload, summarize
+from sidecar.pipeline.inspect import Payload, PiiScanner, read_payload, summarize
 from sidecar.pipeline.settle import HideUsageChunk, Settler
 from sidecar.pipeline.stream import BodyTransform, EventTransform, relay
+from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -57,54 +60,65 @@ class Proxy:
     pii: PiiScanner | None = None
     settler: Settler | None = None
     budget_view: Callable[[Call], Awaitable[BudgetDoc]] | None = None
+    approvals: Approvals | None = None
     transforms: Callable[[Call, Plan], Transforms] = field(default=lambda call, plan: Transforms())
+    telemetry: Telemetry = field(default_factory=Telemetry.disabled)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         call = Call(id=new_request_id(), method=request.method, path=request.path)
-        call.trace_id, call.span_id = trace_ids(request)
+        traced = self.telemetry.start_request(request, call)  # tracing on: the audit gets its span's ids
+        if not call.trace_id:
+            call.trace_id, call.span_id = trace_ids(request)
+        status = 500  # unless set below: an unexpected exception, which aiohttp answers with a 500
         try:
-            return await self._run(request, call)
+            response = await self._run(request, call)
+            status = response.status
+            return response
         except SidecarError as err:
-            call.error = err
+            call.error, status = err, err.status
             if call.outcome == "pending":
                 call.outcome = "refused" if err.status < 500 else "error"
             return error_response(err, call.id)
         finally:
             self.audit.end(call, self.revision())
+            self.telemetry.end_request(traced, call, status)
 
     async def _run(self, request: web.Request, call: Call) -> web.StreamResponse:
-        call.subject = await self.authenticator.authenticate(request)
-        call.operation = classify(call.method, call.path)
-        payload = await read_payload(request, self.settings)
-        summary = summarize(payload)
+        tel = self.telemetry
+        call.subject = await tel.run("auth", self.authenticator.authenticate(request))
+        with tel.stage("classify"):  # the operation, then the body, read once
+            call.operation = classify(call.method, call.path)
+            payload = await read_payload(request, self.settings)
+        summary = tel.summary(summarize(payload))  # (the server span's gen_ai.request.max_tokens)
         call.model, call.stream = summary.model, summary.stream
         if self.pii is not None and payload.doc is not None:
-            started = time.perf_counter()
-            try:
-                payload.pii = await self.pii.scan(call.operation, payload.doc)
-                call.pii_found = payload.pii.counts
-            except SidecarError:
-                if not self.settings.fail_open:
-                    raise
-                call.fail_open.append("pii")  # forwarded unscanned, by SIDECAR_FAIL_MODE=open
-            call.timed("pii", started)
-        budget = await self.budget_view(call) if self.budget_view is not None else None
-        doc = build_input(call, request, payload, summary, self.settings, budget=budget)
-        call.estimated_input_tokens = doc["request"]["estimated_input_tokens"]
-        call.decision = decision = await self.decider.decide(call, doc)
-        plan = await self.enforcer.enforce(call, decision, payload, summary)
+            await self._scan_pii(call, payload, self.pii, payload.doc)
+        with tel.stage("policy"):  # the input (budget snapshot and token count included), the decision
+            budget = await self.budget_view(call) if self.budget_view is not None else None
+            doc = build_input(call, request, payload, summary, self.settings, budget=budget)
+            call.estimated_input_tokens = doc["request"]["estimated_input_tokens"]
+            call.decision = decision = await self.decider.decide(call, doc)
+        if decision.allow and decision.require_approval and self.approvals is not None:
+            # Only gated calls touch the approval store; the policy is asked again with the approval's status.
+            doc["approval"] = await self.approvals.lookup(call, request, payload)
+            if doc["approval"]["status"] != "none":
+                call.decision = decision = await tel.run("policy", self.decider.decide(call, doc))
+        plan = await tel.run("enforce", self.enforcer.enforce(call, decision, payload, summary))
         ok = False
         try:
             self.audit.start(call, self.revision())
             started = time.perf_counter()
-            upstream = await self.forwarder.send(request, call, plan)
-            call.upstream_status = upstream.status
+            with tel.upstream(call):  # the CLIENT span: the provider's traceparent names it as parent
+                upstream = await self.forwarder.send(request, call, plan)
+                call.upstream_status = upstream.status
             call.upstream_latency_ms = round((time.perf_counter() - started) * 1000, 3)
             try:
                 transforms = self.transforms(call, plan)
                 if plan.hide_usage_chunk:
                     transforms.events.append(HideUsageChunk())
-                response = await relay(request, upstream, call, transforms.events, transforms.bodies)
+                response = await tel.run(
+                    "stream", relay(request, upstream, call, transforms.events, transforms.bodies)
+                )
             finally:
                 upstream.release()
             ok = upstream.status < 400 and call.outcome == "pending"
@@ -113,7 +127,22 @@ class Proxy:
             return response
         finally:
             if self.settler is not None:
-                await self.settler.settle(call, plan.reservation, call.usage, ok)
+                await tel.run("settle", self.settler.settle(call, plan.reservation, call.usage, ok))
+            if self.approvals is not None:
+                # The upstream acted on the request (even if the caller then left): the approval is used.
+                accepted = call.upstream_status is not None and call.upstream_status < 400
+                await self.approvals.finish(call, accepted)
+
+    async def _scan_pii(self, call: Call, payload: Payload, scanner: PiiScanner, doc: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        try:
+            payload.pii = await self.telemetry.run("pii", scanner.scan(call.operation, doc))
+            call.pii_found = payload.pii.counts
+        except SidecarError:
+            if not self.settings.fail_open:
+                raise
+            call.fail_open.append("pii")  # forwarded unscanned, by SIDECAR_FAIL_MODE=open
+        call.timed("pii", started)
 
 
 async def not_found(request: web.Request) -> web.Response:

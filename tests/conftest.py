@@ -36,6 +36,9 @@ CALLERS = {
     ACME_KEY: {"sub": "system:serviceaccount:agents:support-bot", "tenant": "acme", "groups": ["agents"]},
     GLOBEX_KEY: {"sub": "system:serviceaccount:agents:globex-bot", "tenant": "globex", "groups": ["agents"]},
     "ck-nobody-key": {"sub": "nobody", "tenant": "no-such-tenant", "groups": []},
+    # Approvers on the admin API (static admin auth): one in the shipped bundle's approver group, one not.
+    "ck-ml-lead-key": {"sub": "alice", "tenant": "acme", "groups": ["ml-leads"]},
+    "ck-staff-key": {"sub": "mallory", "tenant": "acme", "groups": ["staff"]},
 }
 
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")

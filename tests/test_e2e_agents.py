@@ -125,7 +125,9 @@ async def test_unknown_caller_is_unauthenticated(make_sidecar: MakeSidecar, upst
         await client.models.list()
     assert caught.value.code == "unauthenticated"
     ends = [r for r in sc.audit() if r["phase"] == "end"]
-    assert ends[-1]["error"] == {"status": 401, "code": "unauthenticated"}
+    assert ends[-1]["error"] == {
+        "status": 401, "code": "unauthenticated", "reason": "unknown_credential", "credential": "api_key"
+    }  # fmt: skip
 
 
 async def test_output_cap_is_rewritten_upstream(make_sidecar: MakeSidecar, upstream: Upstream) -> None:

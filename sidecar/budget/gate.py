@@ -44,10 +44,13 @@ class Budgets:
         # Running totals per (tenant, model, "reserved" | "used" | "refunded"): the hook the metrics
         # exporter reads (tokens reserved, used and refunded per tenant and model).
         self.tokens: Counter[tuple[str, str, str]] = Counter()
+        # Calls this gate refused, per (tenant, code): budget_exceeded, rate_limited, store_unavailable.
+        self.rejections: Counter[tuple[str, str]] = Counter()
 
     def _guard(self, call: Call, what: str) -> None:
         """Pass over a store failure when failing open (recorded in the audit); raise 503 otherwise."""
         if not self._settings.fail_open:
+            self.rejections[(call.subject.tenant or "", "store_unavailable")] += 1
             raise store_unavailable()
         if "store" not in call.fail_open:
             call.fail_open.append("store")
@@ -85,6 +88,7 @@ class Budgets:
             if decision.requests_per_minute:
                 wait = await self.store.rate_limit(f"{tenant}", decision.requests_per_minute)
                 if wait:
+                    self.rejections[(tenant, "rate_limited")] += 1
                     raise SidecarError(
                         429,
                         "rate_limited",
@@ -105,6 +109,7 @@ class Budgets:
         finally:
             call.timed("budget", started)
         if isinstance(result, Refusal):
+            self.rejections[(tenant, "budget_exceeded")] += 1
             state = result.state
             raise no_retry(
                 429,

@@ -272,6 +272,44 @@ async def ingest_traces(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Batches and fine-tuning jobs (the high-risk operations behind approvals): accepted, never run.
+
+
+def _needs(body: JSON, *names: str) -> None:
+    for name in names:
+        if not isinstance(body.get(name), str) or not body[name]:
+            raise ApiError(400, f"Missing required parameter: '{name}'.", param=name)
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    _needs(body, "input_file_id", "endpoint", "completion_window")
+    now = int(time.time())
+    return json_response({
+        "id": state_of(request).next_id("batch_"), "object": "batch", "endpoint": body["endpoint"],
+        "errors": None, "input_file_id": body["input_file_id"],
+        "completion_window": body["completion_window"], "status": "validating", "output_file_id": None,
+        "error_file_id": None, "created_at": now,
+        "in_progress_at": None, "expires_at": now + 86400, "completed_at": None, "failed_at": None,
+        "expired_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "metadata": body.get("metadata"),
+    })  # fmt: skip
+
+
+async def create_fine_tuning_job(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    _needs(body, "model", "training_file")
+    return json_response({
+        "id": state_of(request).next_id("ftjob-"), "object": "fine_tuning.job", "model": body["model"],
+        "created_at": int(time.time()), "finished_at": None, "fine_tuned_model": None,
+        "organization_id": "org-dev", "result_files": [], "status": "validating_files",
+        "validation_file": body.get("validation_file"), "training_file": body["training_file"],
+        "hyperparameters": {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"},
+        "trained_tokens": None, "error": None, "seed": body.get("seed") or 42,
+    })  # fmt: skip
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/v1/models", list_models)
@@ -284,3 +322,5 @@ def add_routes(app: web.Application) -> None:
     r.add_delete("/v1/files/{file_id}", delete_file)
     r.add_get("/v1/files/{file_id}/content", get_file_content)
     r.add_post("/v1/traces/ingest", ingest_traces)
+    r.add_post("/v1/batches", create_batch)
+    r.add_post("/v1/fine_tuning/jobs", create_fine_tuning_job)

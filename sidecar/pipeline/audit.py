@@ -40,6 +40,20 @@ def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
     return _link(prev_hash, canonical(record))
 
 
+def error_doc(err: SidecarError) -> dict[str, Any]:
+    """`status` and `code`, plus the machine-readable `reason` and `credential` an error may carry.
+
+    Identity errors say why a credential was refused (`token_expired`, `wrong_audience`, `unknown_kid`, ...)
+    and which one (`api_key`, `end_user_token`, `peer`); the credential itself never appears.
+    """
+    doc: dict[str, Any] = {"status": err.status, "code": err.code}
+    for extra in ("reason", "credential"):
+        value = getattr(err, extra, None)
+        if value:
+            doc[extra] = value
+    return doc
+
+
 def build_record(call: Call, phase: str, revision: str) -> dict[str, Any]:
     decision = call.decision
     err = call.error
@@ -69,6 +83,9 @@ def build_record(call: Call, phase: str, revision: str) -> dict[str, Any]:
             "stream": call.stream,
         },
         "decision": decided,
+        "approval": (
+            {"id": call.approval.id, "status": call.approval.status} if call.approval is not None else None
+        ),
         "pii": {"found": dict(call.pii_found), "masked": dict(call.pii_masked)},
         "budget": {
             "reserved": call.reserved_tokens,
@@ -84,7 +101,7 @@ def build_record(call: Call, phase: str, revision: str) -> dict[str, Any]:
         },
         "bundle": {"revision": revision},
         "outcome": call.outcome,
-        "error": {"status": err.status, "code": err.code} if err is not None else None,
+        "error": error_doc(err) if err is not None else None,
         "fail_open": list(call.fail_open),
     }
 
@@ -149,6 +166,22 @@ class AuditLog:
             self.write(build_record(call, "end", revision))
         except OSError as exc:
             log.error("audit write failed", extra={"request_id": call.id, "error": str(exc)})
+
+    def approval(self, action: str, approval: dict[str, Any], approver_sub: str | None) -> None:
+        """An approver's act (`phase: "approval"`), chained with the call records; ids only, no content."""
+        record = {
+            "decision_id": approval["id"],
+            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "phase": "approval",
+            "approval": {"id": approval["id"], "action": action, "status": approval["status"]},
+            "approver": {"sub": approver_sub},
+            "subject": {"sub": approval["sub"], "tenant": approval["tenant"]},
+            "request": {k: approval[k] for k in ("method", "path", "operation", "model")},
+        }
+        try:
+            self.write(record)
+        except OSError as exc:
+            log.error("audit write failed", extra={"approval_id": approval["id"], "error": str(exc)})
 
     def close(self) -> None:
         if self.target != "-":

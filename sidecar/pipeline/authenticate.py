@@ -1,80 +1,66 @@
 """Stage 1: who is calling.
 
-Every mode answers one question — which `Subject` made this request — or raises 401. The caller's
-credential never leaves this stage: it is not forwarded, logged, audited or shown to the policy.
+The mode (`SIDECAR_AUTH_MODE`: static, jwt or pod; sidecar.identity) answers which `Subject` made the
+request, or raises 401. Then an `X-End-User-Token`, when one came with the call, is verified and becomes
+`subject.user`. Credentials never leave this stage: they are not forwarded, logged, audited or shown to
+the policy; a refusal carries only a reason code (see sidecar.identity.base).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
-from typing import Protocol
+import dataclasses
 
 from aiohttp import web
 
 from sidecar.config import ConfigError, Settings
-from sidecar.errors import unauthenticated
+from sidecar.identity.base import Authenticator, bearer_token
+from sidecar.identity.end_user import HEADER, EndUserTokens, end_user_config
+from sidecar.identity.jwks import JwksCache, JwksSource
+from sidecar.identity.jwt import JwtCallers, JwtConfig, JwtVerifier
+from sidecar.identity.pod import PodIdentity, pod_subject
+from sidecar.identity.static import StaticKeys
 from sidecar.pipeline.context import Subject
 
-
-class Authenticator(Protocol):
-    async def authenticate(self, request: web.Request) -> Subject: ...
+__all__ = ["Authenticate", "Authenticator", "StaticKeys", "bearer_token", "build_authenticator"]
 
 
-def bearer_token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+class Authenticate:
+    """The caller's mode, then the end user's token if the call carries one."""
 
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-class StaticKeys:
-    """`SIDECAR_AUTH_MODE=static`: caller keys from a JSON file, `{"<key>": {"sub", "tenant", "groups"}}`.
-
-    Keys are held only as SHA-256 digests, so a lookup compares digests rather than the secrets.
-    """
-
-    def __init__(self, path: str) -> None:
-        try:
-            doc = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"SIDECAR_STATIC_KEYS_FILE {path}: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"SIDECAR_STATIC_KEYS_FILE {path}: expected an object of keys")
-        self._subjects: dict[bytes, Subject] = {}
-        for key, ident in doc.items():
-            if not isinstance(ident, dict) or not isinstance(ident.get("sub"), str):
-                raise ConfigError(f"SIDECAR_STATIC_KEYS_FILE {path}: each key needs at least a 'sub'")
-            groups = ident.get("groups") or []
-            self._subjects[_digest(key)] = Subject(
-                authenticated=True,
-                sub=ident["sub"],
-                tenant=ident.get("tenant"),
-                groups=tuple(str(g) for g in groups),
-                issuer="static",
-            )
+    def __init__(self, mode: Authenticator, end_user: EndUserTokens) -> None:
+        self.mode = mode
+        self.end_user = end_user
 
     async def authenticate(self, request: web.Request) -> Subject:
-        token = bearer_token(request)
-        if token is None:
-            raise unauthenticated(
-                "Missing caller credential: send it as the API key (Authorization: Bearer)."
-            )
-        subject = self._subjects.get(_digest(token))
-        if subject is None:
-            raise unauthenticated("Unknown caller credential.")
-        return subject
+        subject = await self.mode.authenticate(request)
+        values = request.headers.getall(HEADER, [])
+        if not values:
+            return subject
+        return dataclasses.replace(subject, user=await self.end_user.user(values))
 
 
-def build_authenticator(settings: Settings) -> Authenticator:
+def build_authenticator(settings: Settings) -> Authenticate:
+    # Verifiers that trust the same issuer and keys share one JWKS cache (one fetch, one rate limit).
+    caches: dict[JwksSource, JwksCache] = {}
+
+    def verifier(config: JwtConfig) -> JwtVerifier:
+        if config.source not in caches:
+            caches[config.source] = JwksCache(config.source)
+        return JwtVerifier(config, caches[config.source])
+
+    mode: Authenticator
     if settings.auth_mode == "static":
-        return StaticKeys(settings.static_keys_file)
-    # The jwt and pod modes are the identity capability (issue 4); until then they are refused at start-up
-    # rather than silently letting callers through.
-    raise ConfigError(f"SIDECAR_AUTH_MODE={settings.auth_mode} is not available in this version; use static")
+        mode = StaticKeys(settings.static_keys_file)
+    elif settings.auth_mode == "jwt":
+        caller = verifier(JwtConfig.from_settings(settings))
+        mode = JwtCallers(caller, settings.tenant_claim, settings.groups_claim)
+    elif settings.auth_mode == "pod":
+        mode = PodIdentity(pod_subject(settings))
+    else:
+        raise ConfigError(f"SIDECAR_AUTH_MODE must be static, jwt or pod, not {settings.auth_mode!r}")
+    user_config = end_user_config(settings)
+    end_user = EndUserTokens(
+        verifier(user_config) if user_config is not None else None,
+        settings.end_user_groups_claim or settings.groups_claim,
+    )
+    return Authenticate(mode, end_user)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from sidecar.documents import Decision
+from sidecar.documents import Decision, UserDoc
 from sidecar.errors import SidecarError
 
 
@@ -24,7 +23,8 @@ class Subject:
     tenant: str | None = None
     groups: tuple[str, ...] = ()
     issuer: str | None = None
-    user: dict[str, Any] | None = None
+    # The end user the call is made for (X-End-User-Token, verified): SPEC §3 `subject.user`.
+    user: UserDoc | None = None
 
 
 ANONYMOUS = Subject(authenticated=False)
@@ -41,6 +41,16 @@ class Usage:
 
 
 @dataclass(slots=True)
+class ApprovalTicket:
+    """The approval an approval-gated call is bound to (by its request fingerprint)."""
+
+    fingerprint: str
+    id: str | None = None
+    status: str = "none"  # none | pending | approved | denied | expired (SPEC §3 `approval.status`)
+    claimed: bool = False  # this call holds the approved approval while it is forwarded
+
+
+@dataclass(slots=True)
 class Call:
     id: str
     method: str
@@ -53,6 +63,7 @@ class Call:
     model: str | None = None
     stream: bool = False
     decision: Decision | None = None
+    approval: ApprovalTicket | None = None
     pii_found: dict[str, int] = field(default_factory=dict)
     pii_masked: dict[str, int] = field(default_factory=dict)
     estimated_input_tokens: int = 0

@@ -39,7 +39,7 @@ def subject_doc(subject: Subject) -> SubjectDoc:
         "tenant": subject.tenant,
         "groups": list(subject.groups),
         "issuer": subject.issuer,
-        "user": subject.user,  # type: ignore[typeddict-item]
+        "user": subject.user,
     }
 
 

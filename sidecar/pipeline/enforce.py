@@ -39,7 +39,11 @@ class Plan:
 
 class ApprovalGate(Protocol):
     async def check(self, call: Call, decision: Decision, payload: Payload) -> None:
-        """Return when the call may pass; raise a 403 SidecarError while approval is missing."""
+        """Return when the call may pass (claiming its approval); raise a 403 while none is approved."""
+        ...
+
+    async def finish(self, call: Call, succeeded: bool) -> None:
+        """Consume the claimed approval on success; release it for a retry on failure."""
         ...
 
 
@@ -53,17 +57,6 @@ class RequestMasker(Protocol):
     async def mask(self, call: Call, decision: Decision, plan: Plan, payload: Payload) -> None:
         """Rewrite `plan.doc` per `decision.mask.request` using `payload.pii`, filling `plan.restore`."""
         ...
-
-
-class HoldForApproval:
-    """Without an approval store every approval-gated call is held: fail closed, never waved through."""
-
-    async def check(self, call: Call, decision: Decision, payload: Payload) -> None:
-        raise no_retry(
-            403,
-            "approval_required",
-            "This operation requires human approval, and no approval store is configured on this sidecar.",
-        )
 
 
 def deny_message(decision: Decision) -> str:
@@ -113,8 +106,12 @@ class Enforcer:
                 changed = changed or plan.hide_usage_chunk
             if changed:
                 plan.body = orjson.dumps(plan.doc)
-        if decision.require_approval:
+        if call.approval is not None:  # the first decision asked for an approval (see Proxy)
             await self._approvals.check(call, decision, payload)
         if self._budget is not None:
-            plan.reservation = await self._budget.admit(call, decision, summary)
+            try:
+                plan.reservation = await self._budget.admit(call, decision, summary)
+            except BaseException:
+                await self._approvals.finish(call, succeeded=False)  # a refused call keeps no approval
+                raise
         return plan

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sidecar.config import Settings
 from sidecar.errors import SidecarError, too_large
@@ -46,6 +47,7 @@ _DROP_UPSTREAM = HOP_BY_HOP | {
 }
 # Never relayed to the caller: framing aiohttp recomputes, and the provider's cookies.
 _DROP_DOWNSTREAM = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie", "x-request-id"}
+_W3C = TraceContextTextMapPropagator()
 
 
 class Forwarder:
@@ -86,6 +88,9 @@ class Forwarder:
         headers["Accept-Encoding"] = "identity"  # the relay may rewrite bodies, so it needs them plain
         headers["X-Client-Request-Id"] = call.id
         headers["traceparent"] = f"00-{call.trace_id}-{call.span_id}-01"
+        # With tracing on, the current span is the upstream CLIENT span: it becomes the parent (and the
+        # caller's tracestate rides along). With tracing off there is no current span and this is a no-op.
+        _W3C.inject(headers)
         if content_type:
             headers["Content-Type"] = content_type
         return headers
