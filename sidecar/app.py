@@ -91,6 +91,7 @@ class Sidecar:
         budgets = Budgets(store, settings, lambda text, model: len(encoding_for(model).encode(text)))
         tel.observe_budgets(budgets)
         approvals = Approvals(build_approval_store(settings), settings)
+        tel.observe_approvals_pending(lambda: dict(approvals.pending))
         scanner = None
         if settings.pii_mode != "off":
             from sidecar.pii.scanner import PresidioMasker, PresidioScanner
@@ -128,6 +129,8 @@ class Sidecar:
                 await self.engine.refresh_revision()
         if self.reloader is not None:
             self._tasks.append(asyncio.create_task(self.reloader.run(self._stop)))
+        if self.approvals is not None:
+            self._tasks.append(asyncio.create_task(self.approvals.count_pending(self._stop)))
 
     async def close(self) -> None:
         self._stop.set()

@@ -195,8 +195,17 @@ def test_approvals_admin_and_budget(chart: Any) -> None:
     defaults = sidecar_env(agent_spec(chart, POD))
     assert (defaults["SIDECAR_APPROVAL_TTL"], defaults["SIDECAR_BUDGET_RESERVATION_TTL"]) == ("3600", "900")
     assert not [name for name in defaults if name.startswith("SIDECAR_APPROVAL_WEBHOOK")]
-    big = sidecar_env(agent_spec(chart, {**POD, "budget": {"reservationTtlSeconds": 1000000}}))
-    assert big["SIDECAR_BUDGET_RESERVATION_TTL"] == "1000000", "an integer, never 1e+06"
+    big = {
+        **POD,
+        "budget": {"reservationTtlSeconds": 1000000},
+        "approvals": {"ttlSeconds": 1000000, "webhook": {"url": "http://hooks:8080/", "timeoutSeconds": 0.5}},
+    }
+    got = sidecar_env(agent_spec(chart, big))
+    assert (got["SIDECAR_BUDGET_RESERVATION_TTL"], got["SIDECAR_APPROVAL_TTL"]) == ("1000000", "1000000"), (
+        "whole numbers as integers, never 1e+06"
+    )
+    assert got["SIDECAR_APPROVAL_WEBHOOK_TIMEOUT"] == "0.5"
+    assert "SIDECAR_APPROVAL_WEBHOOK_SECRET" not in got, "unsigned without a Secret"
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,8 @@ async def test_held_approved_passes_once_then_needs_a_new_approval(
     assert code == "approval_required" and approval_id.startswith("apr_")
     assert await held(sidecar) == ("approval_required", approval_id)  # still pending: the same approval
     assert await batches_seen(upstream) == 0
+    async with aiohttp.ClientSession() as http, http.get(sidecar.admin + "/metrics") as resp:
+        assert 'sidecar_approvals_pending{tenant="acme"} 1.0' in await resp.text()
 
     status, listed = await admin(sidecar, "GET", "/v1/approvals?status=pending")
     assert status == 200 and [a["id"] for a in listed["data"]] == [approval_id]

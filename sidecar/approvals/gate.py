@@ -9,10 +9,12 @@ a timeout), so a failed call never uses up a human's approval.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import time
+from collections import Counter
 
 import aiohttp
 import orjson
@@ -29,6 +31,8 @@ from sidecar.pipeline.context import ApprovalTicket, Call
 from sidecar.pipeline.inspect import Payload
 
 log = logging.getLogger(__name__)
+
+PENDING_REFRESH = 10.0  # seconds between counts of pending approvals (for the metrics gauge)
 
 
 def _held(code: str, message: str, approval_id: str) -> SidecarError:
@@ -87,6 +91,19 @@ class Approvals:
         self._notifier = notifier or Notifier(settings)
         # A claim outlives the longest a forwarded call can take; a crashed holder's claim then lapses.
         self._claim_seconds = settings.upstream_connect_timeout + settings.upstream_read_timeout + 60
+        # Pending approvals per tenant, for the metrics gauge (which must be read synchronously): counted
+        # from the store every PENDING_REFRESH seconds, and bumped at once when this sidecar asks for one.
+        self.pending: Counter[str] = Counter()
+
+    async def count_pending(self, stop: asyncio.Event, every: float = PENDING_REFRESH) -> None:
+        while not stop.is_set():
+            try:
+                found = await self.store.list("pending")
+                self.pending = Counter(a.tenant or "" for a in found)
+            except StoreUnavailable:
+                pass  # keep the last count; /readyz reports the store
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
 
     async def lookup(self, call: Call, request: web.Request, payload: Payload) -> ApprovalDoc:
         """Bind the call to its fingerprint and report the approval it would use (SPEC §3 `approval`)."""
@@ -163,6 +180,7 @@ class Approvals:
         approval = await self.store.create(fresh)
         ticket.id, ticket.status = approval.id, approval.current(now)
         if approval is fresh:
+            self.pending[approval.tenant or ""] += 1
             log.info("approval requested", extra={"request_id": call.id, "approval_id": approval.id})
             self._notifier.requested(approval)
         return approval

@@ -10,6 +10,11 @@ and the volumes they need. Used by _inject.tpl; every template takes the chart's
                     fetches from the API server, mounted into the sidecar only.
 */}}
 
+{{/* A number of seconds as the sidecar parses it: whole numbers as integers (never 1e+06), quoted. */}}
+{{- define "openai-policy-sidecar.seconds" -}}
+{{- if eq (float64 .) (float64 (int64 .)) }}{{ int64 . | quote }}{{ else }}{{ . | quote }}{{ end }}
+{{- end }}
+
 {{/* "true" when the README's Kubernetes service-account recipe is on. */}}
 {{- define "openai-policy-sidecar.kubernetesTokens" -}}
 {{- if and (eq .Values.auth.mode "jwt") .Values.auth.jwt.kubernetesServiceAccount }}true{{ end }}
@@ -122,7 +127,7 @@ and the volumes they need. Used by _inject.tpl; every template takes the chart's
 - name: SIDECAR_JWT_ALGORITHMS
   value: {{ join "," $auth.jwt.algorithms | quote }}
 - name: SIDECAR_JWT_LEEWAY
-  value: {{ $auth.jwt.leeway | quote }}
+  value: {{ include "openai-policy-sidecar.seconds" $auth.jwt.leeway }}
 {{- if $k8s }}
 # The API server serves its JWKS to service accounts (system:service-account-issuer-discovery).
 - name: SIDECAR_JWKS_CA_FILE
@@ -148,13 +153,13 @@ and the volumes they need. Used by _inject.tpl; every template takes the chart's
   value: {{ . | quote }}
 {{- end }}
 - name: SIDECAR_APPROVAL_TTL
-  value: {{ $v.approvals.ttlSeconds | quote }}
+  value: {{ include "openai-policy-sidecar.seconds" $v.approvals.ttlSeconds }}
 {{- with $v.approvals.webhook }}
 {{- if .url }}
 - name: SIDECAR_APPROVAL_WEBHOOK_URL
   value: {{ .url | quote }}
 - name: SIDECAR_APPROVAL_WEBHOOK_TIMEOUT
-  value: {{ .timeoutSeconds | quote }}
+  value: {{ include "openai-policy-sidecar.seconds" .timeoutSeconds }}
 {{- if .secret.existingSecret }}
 - name: SIDECAR_APPROVAL_WEBHOOK_SECRET
   valueFrom:
@@ -227,7 +232,7 @@ and the volumes they need. Used by _inject.tpl; every template takes the chart's
     sources:
       - serviceAccountToken:
           audience: {{ include "openai-policy-sidecar.jwtAudience" . | quote }}
-          expirationSeconds: {{ $v.auth.jwt.tokenExpirationSeconds }}
+          expirationSeconds: {{ $v.auth.jwt.tokenExpirationSeconds | int64 }}
           path: token
 # The sidecar's own token and the cluster CA, for fetching the JWKS from the API server.
 - name: {{ $name }}-kube-api

@@ -9,7 +9,9 @@ What gets injected into an agent pod. One source of truth for the three ways in:
                       pod annotations:{{ include "openai-policy-sidecar.podAnnotations" $ctx | nindent 8 }}
   ("openai-policy-sidecar.opaContainer" and "openai-policy-sidecar.sidecarContainer" give one container each)
   - agentDeployment:  templates/agent-deployment.yaml calls the same templates;
-  - the webhook:      "openai-policy-sidecar.injectionConfig" serialises them into the ConfigMap it reads.
+  - the webhook:      "openai-policy-sidecar.injectionConfig" serialises them into the ConfigMap it reads. It
+                      cannot add mounts to app containers: agentVolumeMounts is left to the pod's author.
+Identity, approvals and budget settings come from templates/_auth.tpl.
 */}}
 
 {{/* The native sidecars (init containers with restartPolicy: Always): OPA first, then the sidecar. */}}
