@@ -5,13 +5,13 @@ fx_day_left(remaining) := {"budget": {"windows": {"day": {"limit": 2000000, "use
 test_acme_budget_and_rate_limit if {
 	d := decision with input as fx_agent_call
 	d.budget == {"limits": {"minute": 200000, "day": 2000000}, "default_output_tokens": 16384}
-	d.rate_limit == {"requests_per_minute": 120}
+	d.rate_limit == {"requests_per_minute": 120, "per": "tenant"}
 }
 
 test_globex_budget_and_rate_limit if {
 	d := decision with input as fx_tenant_call("globex", {"request": {"model": "gpt-4o-mini"}})
 	d.budget == {"limits": {"minute": 50000, "hour": 500000, "day": 1000000, "month": 20000000}, "default_output_tokens": 16384}
-	d.rate_limit == {"requests_per_minute": 30}
+	d.rate_limit == {"requests_per_minute": 30, "per": "tenant"}
 }
 
 test_budget_limits_filter_bad_entries if {
@@ -34,6 +34,11 @@ test_default_output_tokens_largest_match_wins if {
 test_default_output_tokens_unset if {
 	default_output_tokens == null with input as fx_model_call("unknown") with data.sidecar.defaults.budget.default_output_tokens as "4096"
 	default_output_tokens == 4096 with input as fx_model_call("gpt-4o") with data.sidecar.tenants as fx_tenants_set("/acme/budget/default_output_tokens_by_model", [1])
+}
+
+test_rate_limit_per_subject if {
+	rate_limit == {"requests_per_minute": 5, "per": "subject"} with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/rate_limit", {"requests_per_minute": 5, "per": "subject"})
+	rate_limit == {"requests_per_minute": 5, "per": "tenant"} with input as fx_agent_call with data.sidecar.tenants as fx_tenants_set("/acme/rate_limit", {"requests_per_minute": 5, "per": "everyone"})
 }
 
 test_rate_limit_off if {

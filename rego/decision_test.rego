@@ -97,7 +97,7 @@ test_allowed_agent_call_full_decision if {
 		},
 		"budget": {"limits": {"minute": 200000, "day": 2000000}, "default_output_tokens": 16384},
 		"max_output_tokens": 4096,
-		"rate_limit": {"requests_per_minute": 120},
+		"rate_limit": {"requests_per_minute": 120, "per": "tenant"},
 	} with input as fx_agent_call
 }
 

@@ -27,7 +27,7 @@ test_fallback_tenant_when_configured if {
 	inp := fx_tenant_call("initech", {})
 	d := decision with input as inp with data.sidecar.defaults as fx_defaults_set("/fallback_tenant", "acme")
 	d.allow == true
-	d.rate_limit == {"requests_per_minute": 120}
+	d.rate_limit == {"requests_per_minute": 120, "per": "tenant"}
 	tenant_key == "acme" with input as inp with data.sidecar.defaults as fx_defaults_set("/fallback_tenant", "acme")
 	tenant_display == "initech" with input as inp with data.sidecar.defaults as fx_defaults_set("/fallback_tenant", "acme")
 }
@@ -44,7 +44,7 @@ test_no_fallback_without_tenant_name if {
 
 test_unknown_tenant_gets_default_settings if {
 	d := decision with input as fx_tenant_call("initech", {})
-	d.rate_limit == {"requests_per_minute": 60}
+	d.rate_limit == {"requests_per_minute": 60, "per": "tenant"}
 	d.budget.limits == {"minute": 100000, "day": 1000000}
 }
 

@@ -107,6 +107,8 @@ class Decision:
     default_output_tokens: int | None = None
     max_output_tokens: int | None = None
     requests_per_minute: int | None = None
+    # Whose requests the rate limit counts: the tenant's together (default), or each subject's apart.
+    rate_limit_per: str = "tenant"
 
     @classmethod
     def deny(cls, reason: str, code: str = "policy_violation") -> Decision:
@@ -139,6 +141,7 @@ class Decision:
             ),
             max_output_tokens=_positive(doc.get("max_output_tokens"), "max_output_tokens"),
             requests_per_minute=_positive((rpm or {}).get("requests_per_minute"), "rate_limit"),
+            rate_limit_per=_per((rpm or {}).get("per")),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -166,7 +169,9 @@ class Decision:
             },
             "max_output_tokens": self.max_output_tokens,
             "rate_limit": (
-                {"requests_per_minute": self.requests_per_minute} if self.requests_per_minute else None
+                {"requests_per_minute": self.requests_per_minute, "per": self.rate_limit_per}
+                if self.requests_per_minute
+                else None
             ),
         }
 
@@ -192,6 +197,14 @@ def _positive(value: object, key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or value != int(value):
         raise MalformedDecision(f"decision.{key} must be a positive integer")
     return int(value)
+
+
+def _per(value: object) -> str:
+    if value is None:
+        return "tenant"
+    if value not in ("tenant", "subject"):
+        raise MalformedDecision("decision.rate_limit.per must be 'tenant' or 'subject'")
+    return str(value)
 
 
 def _mask(doc: dict[str, Any]) -> MaskDecision:

@@ -11,7 +11,8 @@ from sidecar import config
 from sidecar.budget.gate import Budgets
 from sidecar.budget.memory_store import MemoryBudgetStore
 from sidecar.documents import Decision
-from sidecar.pipeline.context import Call
+from sidecar.errors import SidecarError
+from sidecar.pipeline.context import Call, Subject
 from sidecar.pipeline.inspect import Summary
 from sidecar.policy import bundle as bundles
 from sidecar.policy.embedded import EmbeddedEngine
@@ -86,3 +87,24 @@ def test_a_bundle_without_defaults_falls_back_to_4096() -> None:
 def test_a_malformed_default_is_a_malformed_decision() -> None:
     with pytest.raises(ValueError, match="default_output_tokens"):
         Decision.parse({"allow": True, "budget": {"default_output_tokens": "lots"}})
+
+
+@pytest.mark.parametrize(("per", "second_caller_passes"), [("tenant", False), ("subject", True)])
+async def test_rate_limit_counts_the_tenant_or_each_subject(per: str, second_caller_passes: bool) -> None:
+    budgets = _budgets()
+    decision = Decision.parse({"allow": True, "rate_limit": {"requests_per_minute": 1, "per": per}})
+    summary = Summary(model="m", stream=False, max_output_tokens=None, output_limit_field=None, tools=[])
+
+    async def admit(sub: str) -> bool:
+        call = _call("responses.create")
+        call.subject = Subject(True, sub, "acme")
+        try:
+            await budgets.admit(call, decision, summary)
+        except SidecarError as err:
+            assert err.status == 429 and err.code == "rate_limited" and "retry-after" in err.headers
+            return False
+        return True
+
+    assert await admit("bot-a")
+    assert not await admit("bot-a")
+    assert await admit("bot-b") is second_caller_passes

@@ -86,14 +86,16 @@ class Budgets:
         started = time.perf_counter()
         try:
             if decision.requests_per_minute:
-                wait = await self.store.rate_limit(f"{tenant}", decision.requests_per_minute)
+                key = tenant if decision.rate_limit_per == "tenant" else f"{tenant}/{call.subject.sub}"
+                wait = await self.store.rate_limit(key, decision.requests_per_minute)
                 if wait:
                     self.rejections[(tenant, "rate_limited")] += 1
                     raise SidecarError(
                         429,
                         "rate_limited",
                         f"Rate limit of {decision.requests_per_minute} requests per minute reached "
-                        f"for tenant '{tenant}'; retry in {wait} s.",
+                        f"for {'tenant' if decision.rate_limit_per == 'tenant' else 'caller'} '{key}'; "
+                        f"retry in {wait} s.",
                         {"retry-after": str(wait)},
                     )
             if not decision.budget_limits:

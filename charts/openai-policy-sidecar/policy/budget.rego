@@ -15,7 +15,9 @@
 #                           model (largest, since a reservation must not be
 #                           too small), else budget.default_output_tokens,
 #                           else null (the sidecar then uses 4096).
-#   rate_limit              {"requests_per_minute": n}, or null for none.
+#   rate_limit              {"requests_per_minute": n, "per": "tenant"|"subject"}
+#                           or null for none. "per": "subject" counts each
+#                           caller of the tenant apart (default: the tenant).
 package sidecar
 
 budget_windows := {"minute", "hour", "day", "month"}
@@ -43,11 +45,16 @@ default_output_tokens := max(model_output_defaults) if {
 	is_number(n)
 } else := null
 
-rate_limit := {"requests_per_minute": n} if {
+rate_limit := {"requests_per_minute": n, "per": per} if {
 	rl := setting("rate_limit")
 	n := rl.requests_per_minute
 	is_number(n)
+	per := rate_limit_per(rl)
 } else := null
+
+rate_limit_per(rl) := rl.per if rl.per in {"tenant", "subject"}
+
+else := "tenant"
 
 expensive_models := string_list(val) if {
 	val := setting2("models", "expensive")
