@@ -53,7 +53,7 @@ bench: install ## sidecar overhead vs a direct call, side by side with LiteLLM; 
 	$(BIN)/python bench/pii.py $(BENCH_ARGS)
 	$(BIN)/python bench/budget.py $(BENCH_ARGS)
 
-chart-policy: ## copy rego/ (without the tests) into the Helm chart; tests/test_chart.py fails when they differ
+chart-policy: ## copy rego/ (without the tests) into the Helm chart; tests/test_chart_opa.py fails when they differ
 	rm -f charts/openai-policy-sidecar/policy/*.rego charts/openai-policy-sidecar/policy/*.json
 	for f in rego/*.rego rego/*.json; do case $$f in *_test.rego) ;; *) cp $$f charts/openai-policy-sidecar/policy/ ;; esac; done
 

@@ -64,8 +64,10 @@ abspath() {
 }
 
 # `kube-apiserver --version` prints "Kubernetes v1.20.2"; `etcd --version` "etcd Version: 3.4.23".
-apiserver_works() { [ -f "$1" ] && [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q '^Kubernetes v'; }
-etcd_works() { [ -f "$1" ] && [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q '^etcd Version:'; }
+# The output is captured before matching: `cmd | grep -q` under pipefail fails when grep exits first (SIGPIPE).
+version_of() { [ -f "$1" ] && [ -x "$1" ] && "$1" --version 2>/dev/null; }
+apiserver_works() { local out; out=$(version_of "$1") && [[ $out == Kubernetes\ v* ]]; }
+etcd_works() { local out; out=$(version_of "$1") && [[ $out == "etcd Version:"* ]]; }
 
 # find_bin VAR NAME CHECK CACHED → prints the path, or returns 1.
 find_bin() {

@@ -136,12 +136,17 @@ def test_webhook_patch_equals_the_static_injection(chart: Any, auth: str) -> Non
     cfg = injection_config(docs)
     injected_names = {e["name"] for e in cfg.env}
     agent = copy.deepcopy(static["containers"][0])
-    # The agent as its author writes it: its own env, without what the chart injects. Only the mounts of
-    # the Kubernetes recipe stay: the webhook cannot add mounts to app containers (NOTES.txt, README).
+    # The agent as its author writes it: its own env and mounts, without what the chart injects.
     own = {e["name"] for e in AUTH_SETS[auth]["agentDeployment"].get("env", [])}
     if AUTH_SETS[auth]["agentDeployment"]["callerKeySecret"]["name"]:
         own.add("OPENAI_API_KEY")
     agent["env"] = [e for e in agent["env"] if e["name"] not in injected_names or e["name"] in own]
+    injected_mounts = {m["mountPath"] for m in cfg.volume_mounts}
+    agent["volumeMounts"] = [
+        m for m in agent.get("volumeMounts", []) if m["mountPath"] not in injected_mounts
+    ]
+    if not agent["volumeMounts"]:
+        del agent["volumeMounts"]
     bare = {
         "metadata": {"labels": {"app": "bot"}},
         "spec": {"containers": [agent], "securityContext": static["securityContext"]},
@@ -161,12 +166,16 @@ def test_webhook_patch_equals_the_static_injection(chart: Any, auth: str) -> Non
     assert plan(injected, cfg).patch == [] and plan({"spec": static}, cfg).patch == [], "idempotent"
 
 
-def test_the_webhook_cannot_mount_the_agents_token(chart: Any) -> None:
-    """The Kubernetes recipe through the webhook: volume and env are injected, the agent's mount is not."""
+def test_the_webhook_mounts_the_agents_token(chart: Any) -> None:
+    """The Kubernetes recipe through the webhook: the token's volume, mount and env reach the agent."""
     docs = render(chart, JWT_KUBERNETES)
-    injected = webhook_injected(docs, _bare_agent_pod())["spec"]
-    agent = injected["containers"][0]
+    pod = _bare_agent_pod()
+    pod["spec"]["containers"].append({"name": "helper", "image": "h:1", "volumeMounts": [
+        {"name": "own", "mountPath": f"/var/run/secrets/{NAME}/agent"}]})  # fmt: skip
+    injected = webhook_injected(docs, pod)["spec"]
+    agent, helper = injected["containers"]
     assert env(agent)["SIDECAR_TOKEN_FILE"] == f"/var/run/secrets/{NAME}/agent/token"
     assert f"{NAME}-agent-token" in {v["name"] for v in injected["volumes"]}
-    assert "volumeMounts" not in agent
+    assert mounts(agent)[f"{NAME}-agent-token"] == f"/var/run/secrets/{NAME}/agent"
+    assert mounts(helper) == {"own": f"/var/run/secrets/{NAME}/agent"}  # its own mount at that path wins
     assert mounts(containers(injected)[NAME])[f"{NAME}-kube-api"] == f"/var/run/secrets/{NAME}/kube-api"

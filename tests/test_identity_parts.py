@@ -174,3 +174,22 @@ def test_identity_defaults() -> None:
     )
     assert (d.jwks_min_refresh_interval, d.jwks_max_age, d.jwks_timeout) == (30.0, 300.0, 5.0)
     assert d.pod_tenant_label == "tenant" and d.end_user_issuer == "" and d.jwks_url == ""
+
+
+def test_another_issuer_never_inherits_the_callers_key_fetch_credentials() -> None:
+    settings = config.load(
+        environ={
+            "SIDECAR_AUTH_MODE": "jwt",
+            "SIDECAR_OIDC_ISSUER": "https://kubernetes.default.svc",
+            "SIDECAR_JWT_AUDIENCE": "sidecar",
+            "SIDECAR_JWKS_URL": "https://kubernetes.default.svc/openid/v1/jwks",
+            "SIDECAR_JWKS_CA_FILE": "/var/run/ca.crt",
+            "SIDECAR_JWKS_TOKEN_FILE": "/var/run/token",
+        }
+    )
+    caller = JwtConfig.from_settings(settings).source
+    assert (caller.jwks_url, caller.ca_file, caller.token_file) == (
+        "https://kubernetes.default.svc/openid/v1/jwks", "/var/run/ca.crt", "/var/run/token"
+    )  # fmt: skip
+    user = JwtConfig.from_settings(settings, issuer="https://login.example.com", audience="app").source
+    assert (user.jwks_url, user.ca_file, user.token_file) == ("", "", "")  # its own discovery, no pod token

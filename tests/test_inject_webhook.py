@@ -245,6 +245,8 @@ def test_unusable_pods_are_refused(obj: Any, message: str) -> None:
         ({"prefix": "Not A Prefix"}, "prefix"),
         ({"labels": {"a": 1}}, "strings"),
         ({"containers": []}, "unknown keys"),
+        ({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, "not one of the injected volumes"),
+        ({"volumeMounts": [{"name": f"{PREFIX}-policy", "mountPath": "relative"}]}, "absolute"),
     ],
 )
 def test_bad_injection_config_is_refused(change: dict[str, Any], message: str) -> None:

@@ -64,14 +64,17 @@ class JwtConfig:
             raise ConfigError("JWT verification needs SIDECAR_OIDC_ISSUER and SIDECAR_JWT_AUDIENCE")
         if settings.jwt_leeway < 0 or settings.jwks_min_refresh_interval < 0:
             raise ConfigError("SIDECAR_JWT_LEEWAY and SIDECAR_JWKS_MIN_REFRESH_INTERVAL cannot be negative")
+        # The caller issuer's JWKS URL, CA and bearer token belong to that issuer only: another issuer (an
+        # end-user IdP) is found by its own discovery, and is never sent the pod's API token.
+        own = issuer == settings.oidc_issuer
         source = JwksSource(
             issuer=issuer,
-            jwks_url=jwks_url or settings.jwks_url,
+            jwks_url=jwks_url or (settings.jwks_url if own else ""),
             timeout=settings.jwks_timeout,
             min_refresh_interval=settings.jwks_min_refresh_interval,
             max_age=settings.jwks_max_age,
-            ca_file=settings.jwks_ca_file,
-            token_file=settings.jwks_token_file,
+            ca_file=settings.jwks_ca_file if own else "",
+            token_file=settings.jwks_token_file if own else "",
         )
         algorithms = frozenset(a.upper() for a in settings.jwt_algorithms)
         return cls(source, audiences, algorithms, settings.jwt_leeway)

@@ -7,6 +7,7 @@ prefix: openai-policy-sidecar        # annotation/label prefix: <prefix>/inject,
 initContainers: [...]                # native sidecars (restartPolicy: Always), put first, in this order
 volumes: [...]                       # pod volumes those containers mount
 env: [...]                           # set on every app container that does not set the name already
+volumeMounts: [...]                  # mounted into every app container that does not mount that path already
 imagePullSecrets: [...]              # added to the pod when missing (a private registry for the images)
 labels: {...}                        # added to the pod (the NetworkPolicy example selects on them)
 annotations: {...}                   # added to the pod, with <prefix>/status: injected
@@ -28,7 +29,16 @@ import yaml
 
 _PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 KNOWN_KEYS = frozenset(
-    {"prefix", "initContainers", "volumes", "env", "imagePullSecrets", "labels", "annotations"}
+    {
+        "prefix",
+        "initContainers",
+        "volumes",
+        "env",
+        "volumeMounts",
+        "imagePullSecrets",
+        "labels",
+        "annotations",
+    }
 )
 
 
@@ -42,6 +52,7 @@ class InjectionConfig:
     init_containers: tuple[dict[str, Any], ...]
     volumes: tuple[dict[str, Any], ...] = ()
     env: tuple[dict[str, Any], ...] = ()
+    volume_mounts: tuple[dict[str, Any], ...] = ()
     image_pull_secrets: tuple[dict[str, Any], ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
@@ -78,6 +89,18 @@ def _named_list(doc: Mapping[str, Any], key: str, *, required: bool = False) -> 
     return tuple(raw)
 
 
+def _mounts(doc: Mapping[str, Any], volumes: set[str]) -> tuple[dict[str, Any], ...]:
+    mounts = _named_list(doc, "volumeMounts")
+    for i, mount in enumerate(mounts):
+        if not isinstance(mount.get("mountPath"), str) or not mount["mountPath"].startswith("/"):
+            raise InjectionConfigError(f"volumeMounts[{i}]: expected an absolute 'mountPath'")
+        if mount["name"] not in volumes:
+            raise InjectionConfigError(
+                f"volumeMounts[{i}]: {mount['name']!r} is not one of the injected volumes"
+            )
+    return mounts
+
+
 def _string_map(doc: Mapping[str, Any], key: str) -> dict[str, str]:
     raw = doc.get(key)
     if raw is None:
@@ -104,6 +127,7 @@ def parse(doc: Any) -> InjectionConfig:
         init_containers=_named_list(doc, "initContainers", required=True),
         volumes=_named_list(doc, "volumes"),
         env=_named_list(doc, "env"),
+        volume_mounts=_mounts(doc, {str(v["name"]) for v in _named_list(doc, "volumes")}),
         image_pull_secrets=_named_list(doc, "imagePullSecrets"),
         labels=_string_map(doc, "labels"),
         annotations=_string_map(doc, "annotations"),

@@ -146,6 +146,10 @@ def plan(pod: Any, cfg: InjectionConfig) -> Outcome:
         have = _names(env)
         missing = [var for var in cfg.env if var["name"] not in have]
         ops += _add_items(f"/spec/containers/{index}/env", env, missing)
+        mounts = _objects(container.get("volumeMounts"), f"spec.containers[{index}].volumeMounts")
+        paths = {str(m.get("mountPath")) for m in mounts}
+        absent = [m for m in cfg.volume_mounts if m["mountPath"] not in paths]
+        ops += _add_items(f"/spec/containers/{index}/volumeMounts", mounts, absent)
     pull_secrets = _objects(spec.get("imagePullSecrets"), "spec.imagePullSecrets")
     have_secrets = _names(pull_secrets)
     wanted = [ref for ref in cfg.image_pull_secrets if ref["name"] not in have_secrets]

@@ -251,7 +251,7 @@ and the volumes they need. Used by _inject.tpl; every template takes the chart's
 {{- end }}
 
 {{/* Volume mounts for the agent's containers (may be empty): the projected token of the Kubernetes recipe.
-The webhook cannot add mounts to app containers: with it, add this mount to the agent container yourself. */}}
+The webhook adds them too, to every app container that does not mount that path already. */}}
 {{- define "openai-policy-sidecar.agentVolumeMounts" -}}
 {{- if include "openai-policy-sidecar.kubernetesTokens" . }}
 {{- $name := include "openai-policy-sidecar.name" . -}}

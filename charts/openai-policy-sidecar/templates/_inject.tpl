@@ -9,8 +9,8 @@ What gets injected into an agent pod. One source of truth for the three ways in:
                       pod annotations:{{ include "openai-policy-sidecar.podAnnotations" $ctx | nindent 8 }}
   ("openai-policy-sidecar.opaContainer" and "openai-policy-sidecar.sidecarContainer" give one container each)
   - agentDeployment:  templates/agent-deployment.yaml calls the same templates;
-  - the webhook:      "openai-policy-sidecar.injectionConfig" serialises them into the ConfigMap it reads. It
-                      cannot add mounts to app containers: agentVolumeMounts is left to the pod's author.
+  - the webhook:      "openai-policy-sidecar.injectionConfig" serialises them into the ConfigMap it reads,
+                      agentVolumeMounts included (added to app containers that do not mount that path).
 Identity, approvals and budget settings come from templates/_auth.tpl.
 */}}
 
@@ -271,6 +271,7 @@ Kubernetes service-account recipe, SIDECAR_TOKEN_FILE is the agent's rotating to
   "initContainers" (include "openai-policy-sidecar.sidecarContainers" . | fromYamlArray)
   "volumes" (include "openai-policy-sidecar.volumes" . | fromYamlArray)
   "env" (include "openai-policy-sidecar.agentEnv" . | fromYamlArray)
+  "volumeMounts" (include "openai-policy-sidecar.agentVolumeMounts" . | fromYamlArray)
   "imagePullSecrets" (.Values.imagePullSecrets | default list)
   "labels" (include "openai-policy-sidecar.podLabels" . | fromYaml)
   "annotations" (include "openai-policy-sidecar.podAnnotations" . | fromYaml)
