@@ -100,7 +100,7 @@ class Proxy:
             call.decision = decision = await self.decider.decide(call, doc)
         if decision.allow and decision.require_approval and self.approvals is not None:
             # Only gated calls touch the approval store; the policy is asked again with the approval's status.
-            doc["approval"] = await self.approvals.lookup(call, request, payload)
+            doc["approval"] = await tel.run("approval", self.approvals.lookup(call, request, payload))
             if doc["approval"]["status"] != "none":
                 call.decision = decision = await tel.run("policy", self.decider.decide(call, doc))
         plan = await tel.run("enforce", self.enforcer.enforce(call, decision, payload, summary))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from aiohttp import web
 
@@ -238,3 +239,30 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+# Every openai client a test opens is kept until the test ends and then closed. One left to the garbage
+# collector breaks the sidecars that share this process: asyncio's transport finalizer closes the client's
+# sockets, then openai's finalizer schedules aclose() on whatever loop the collecting thread runs, and that
+# aclose unregisters the old fd numbers from the session loop's selector. By then a sidecar may have
+# accepted a connection on one of those numbers: it is never read, and its caller waits until it times out.
+_OPENED: list[openai.AsyncOpenAI] = []
+_client_init = openai.AsyncOpenAI.__init__
+
+
+def _kept_init(self: openai.AsyncOpenAI, *args: Any, **kwargs: Any) -> None:
+    _client_init(self, *args, **kwargs)
+    _OPENED.append(self)
+
+
+openai.AsyncOpenAI.__init__ = _kept_init  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+async def _close_openai_clients() -> AsyncIterator[None]:
+    start = len(_OPENED)  # clients of wider-scoped fixtures come first; those fixtures close them
+    yield
+    opened = _OPENED[start:]
+    del _OPENED[start:]
+    for client in opened:
+        await client.close()
