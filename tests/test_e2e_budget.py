@@ -140,14 +140,21 @@ async def test_rate_limit_is_429_with_a_short_retry_after(
     assert "x-should-retry" not in caught.value.response.headers  # a retry after the wait can succeed
 
 
+@pytest.mark.parametrize("api", ["responses", "chat"])
 async def test_client_disconnect_settles_what_was_streamed(
-    make_sidecar: MakeSidecar, upstream: Upstream
+    make_sidecar: MakeSidecar, upstream: Upstream, api: str
 ) -> None:
     sc = await make_sidecar()
-    body = {"model": "gpt-4o", "input": "tell me a long story " * 10, "stream": True}
+    story = "tell me a long story " * 10
+    body: dict[str, Any] = {"model": "gpt-4o", "stream": True}
+    if api == "responses":
+        body["input"] = story
+    else:
+        body["messages"] = [{"role": "user", "content": story}]
     headers = {"Authorization": f"Bearer {ACME_KEY}", "x-dev-upstream-stream-delay-ms": "50"}
+    path = "/responses" if api == "responses" else "/chat/completions"
     async with aiohttp.ClientSession() as s:
-        resp = await s.post(sc.url + "/responses", json=body, headers=headers)
+        resp = await s.post(sc.url + path, json=body, headers=headers)
         for _ in range(12):
             await resp.content.readline()
         resp.close()
@@ -260,17 +267,30 @@ async def test_redis_down_fails_closed_or_open(
     assert json.dumps(opened.audit()[-1]).count("fail_open") == 1
 
 
+@pytest.mark.parametrize("api", ["responses", "chat"])
 async def test_stream_without_usage_is_settled_from_the_streamed_text(
-    make_sidecar: MakeSidecar, open_client: OpenClient
+    make_sidecar: MakeSidecar, open_client: OpenClient, api: str
 ) -> None:
     sc = await make_sidecar()
     client = open_client(base_url=sc.url, api_key=ACME_KEY, max_retries=0)
-    # The upstream breaks off mid-stream with an in-band error: no response.completed, so no usage.
-    stream = await client.responses.create(
-        model="gpt-4o", input="a story please", stream=True, extra_headers={"x-dev-upstream-stream-fail": "1"}
-    )
-    kinds = [event.type async for event in stream]
-    assert "error" in kinds and "response.completed" not in kinds
+    fail = {"x-dev-upstream-stream-fail": "1"}
+    # The upstream breaks off mid-stream with an in-band error: no response.completed / usage chunk.
+    if api == "responses":
+        stream = await client.responses.create(
+            model="gpt-4o", input="a story please", stream=True, extra_headers=fail
+        )
+        kinds = [event.type async for event in stream]
+        assert "error" in kinds and "response.completed" not in kinds
+    else:
+        chunks = await client.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "a story please"}],
+            stream=True,
+            extra_headers=fail,
+        )
+        with pytest.raises(openai.APIError):
+            async for chunk in chunks:
+                assert not chunk.usage
 
     async def settled() -> bool:
         return bool(_ends(sc))
