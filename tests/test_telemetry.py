@@ -248,7 +248,7 @@ async def test_metrics_endpoint(make_sidecar: MakeSidecar, upstream: Upstream) -
         'sidecar_requests_total{code="policy_violation",decision="deny",operation="responses.create"} 1.0',
         'sidecar_stage_duration_seconds_count{stage="policy"} 2.0',
         'sidecar_stage_duration_seconds_count{stage="upstream"} 1.0',
-        'sidecar_request_duration_seconds_bucket{decision="allow",le="+Inf",operation="responses.create"}',
+        'sidecar_request_duration_seconds_count{decision="allow",operation="responses.create"} 1.0',
         'sidecar_budget_tokens_total{kind="reserved",model="gpt-4o",tenant="acme"}',
         'sidecar_budget_tokens_total{kind="used",model="gpt-4o",tenant="acme"}',
         'sidecar_budget_tokens_total{kind="refunded",model="gpt-4o",tenant="acme"}',

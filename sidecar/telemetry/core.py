@@ -27,6 +27,7 @@ from sidecar.errors import SidecarError
 from sidecar.pipeline.classify import classify
 from sidecar.pipeline.context import Call
 from sidecar.telemetry import attributes
+from sidecar.telemetry.hot import HotMetrics
 
 if TYPE_CHECKING:
     from sidecar.budget.gate import Budgets
@@ -42,11 +43,6 @@ STAGES = ("auth", "classify", "pii", "policy", "enforce", "budget", "upstream", 
 # Built once for the known stages; any other name works too (e.g. a stage added later).
 _SPAN_NAMES = {stage: f"sidecar.{stage}" for stage in STAGES}
 _STAGE_ATTRS = {stage: {"stage": stage} for stage in STAGES}
-# Seconds: from a decision-cache hit (tens of µs) to a long streamed generation.
-_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-)  # fmt: skip
 _W3C = TraceContextTextMapPropagator()
 
 ApprovalsPending = Callable[[], int | Mapping[str, int]]
@@ -61,30 +57,18 @@ class Telemetry:
         meter: Meter,
         *,
         registry: CollectorRegistry | None = None,
+        hot: HotMetrics | None = None,
         owned: Sequence[TracerProvider | MeterProvider] = (),
         upstream: tuple[str, int] = ("", 0),
     ) -> None:
         self.tracer = tracer
-        self._registry = registry
+        self._registry = registry  # what /metrics renders
         self._owned = list(owned)
         self._upstream = {"server.address": upstream[0], "server.port": upstream[1]}
         self._budgets: list[Budgets] = []
         self._approvals: list[ApprovalsPending] = []
-        self.requests = meter.create_counter(
-            "sidecar.requests", "{request}", "Calls by operation, decision (allow, deny, error) and code"
-        )
-        self.request_duration = meter.create_histogram(
-            "sidecar.request.duration",
-            "s",
-            "Whole calls, streams included",
-            explicit_bucket_boundaries_advisory=_BUCKETS,
-        )
-        self.stage_duration = meter.create_histogram(
-            "sidecar.stage.duration",
-            "s",
-            "Time spent in each pipeline stage",
-            explicit_bucket_boundaries_advisory=_BUCKETS,
-        )
+        # The per-call metrics (see hot.py); none for a disabled SDK.
+        self.hot = hot if hot is not None else HotMetrics(None, None)
         meter.create_observable_counter(
             "sidecar.budget.tokens", [self._tokens], "{token}", "Tokens reserved, used and refunded"
         )
@@ -128,10 +112,7 @@ class Telemetry:
         operation = call.operation
         if operation == "unknown" and not call.subject.authenticated:
             operation = classify(call.method, call.path)  # refused before the classify stage ran
-        self.requests.add(1, {"operation": operation, "decision": decision, "code": code})
-        self.request_duration.record(
-            time.perf_counter() - call.started, {"operation": operation, "decision": decision}
-        )
+        self.hot.request(operation, decision, code, time.perf_counter() - call.started)
         span = traced.span
         if span is None:
             return
@@ -258,7 +239,7 @@ class Stage:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         attrs = _STAGE_ATTRS.get(self._name) or {"stage": self._name}
-        self._tel.stage_duration.record(time.perf_counter() - self._started, attrs)
+        self._tel.hot.stage(self._name, time.perf_counter() - self._started, attrs)
         span = self._span
         if span is None:
             return
