@@ -121,58 +121,10 @@ trap 'exit 130' INT TERM
 
 log "no usable opa found; building OPA $OPA_UPSTREAM_VERSION offline (a few minutes) in $WORK"
 
-# The Debian mirror the machine's own apt uses: the first enabled URI, in
-# /etc/apt/sources.list{,.d/*.list} (one-line style) or sources.list.d/*.sources
-# (deb822), whose path ends in /debian.
-apt_source_uris() {
-    local f
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] || continue
-        sed -e 's/#.*//' "$f" | awk '
-            $1 == "deb" {
-                i = 2
-                if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-                if (i <= NF) print $i
-            }'
-    done
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        awk '
-            function flush() {
-                if (is_deb && enabled && uris != "") print uris
-                uris = ""; is_deb = 0; enabled = 1; field = ""
-            }
-            BEGIN { enabled = 1 }
-            /^[ \t]*#/ { next }
-            /^[ \t]*$/ { flush(); next }
-            /^[ \t]/ { if (field == "uris") uris = uris " " $0; next }
-            {
-                name = tolower($0); sub(/:.*/, "", name); field = name
-                value = $0; sub(/^[^:]*:[ \t]*/, "", value)
-                if (name == "types") is_deb = (value ~ /(^|[ \t])deb([ \t]|$)/)
-                else if (name == "enabled") enabled = (tolower(value) !~ /^no/)
-                else if (name == "uris") uris = value
-            }
-            END { flush() }' "$f" | tr ' \t' '\n\n' | sed '/^$/d'
-    done
-}
+# shellcheck source=scripts/debian-mirror.sh
+. "$(dirname "${BASH_SOURCE[0]}")/debian-mirror.sh"
 
-find_debian_mirror() {
-    local u
-    if [ -n "${OPA_DEBIAN_MIRROR:-}" ]; then
-        printf '%s\n' "${OPA_DEBIAN_MIRROR%/}"
-        return 0
-    fi
-    while read -r u; do
-        u=${u%/}
-        case $u in
-            *://*/debian) printf '%s\n' "$u"; return 0 ;;
-        esac
-    done < <(apt_source_uris)
-    return 1
-}
-
-MIRROR=$(find_debian_mirror) ||
+MIRROR=$(find_debian_mirror "${OPA_DEBIAN_MIRROR:-}") ||
     die "no Debian archive URI (…/debian) found in /etc/apt/sources.list*; set OPA_DEBIAN_MIRROR"
 log "Debian mirror (from the machine's apt sources): $MIRROR"
 
