@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import hashlib
 import multiprocessing
+import os
+import signal
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -20,8 +24,22 @@ from sidecar.pii.engine import Detector, PiiConfig, Span
 _detector: Detector | None = None
 
 
-def _init_worker(config: PiiConfig) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """On Linux, have the kernel SIGTERM this worker when the sidecar dies, even by SIGKILL: an orphaned
+    worker would otherwise keep its model's memory (and any inherited pipes) forever."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the sidecar died before the request took effect
+        os._exit(0)
+
+
+def _init_worker(config: PiiConfig, parent: int) -> None:
     global _detector  # noqa: PLW0603  (one detector per worker process, built by the pool initializer)
+    _die_with_parent(parent)
     _detector = Detector(config)
     _detector.warm_up()
 
@@ -40,7 +58,7 @@ class DetectorPool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(config,),
+            initargs=(config, os.getpid()),
             max_tasks_per_child=max_tasks_per_child,
         )
 
