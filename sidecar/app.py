@@ -90,7 +90,8 @@ class Sidecar:
         )
         budgets = Budgets(store, settings, lambda text, model: len(encoding_for(model).encode(text)))
         tel.observe_budgets(budgets)
-        approvals = Approvals(build_approval_store(settings), settings)
+        shared = store.redis if isinstance(store, RedisBudgetStore) else None  # one pool for both stores
+        approvals = Approvals(build_approval_store(settings, shared), settings)
         tel.observe_approvals_pending(lambda: dict(approvals.pending))
         scanner = None
         if settings.pii_mode != "off":

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.approvals.approvers import ApproverCheck, act
+from sidecar.approvals.gate import store_down
 from sidecar.approvals.model import STATUSES, Status
 from sidecar.approvals.store import ApprovalStore
 from sidecar.budget.store import StoreUnavailable
@@ -73,10 +74,7 @@ class ApprovalsApi:
                 approver = await self._auth.authenticate(request)
                 return await handler(request, approver)  # type: ignore[no-any-return]
             except StoreUnavailable:
-                return error_response(
-                    SidecarError(503, "store_unavailable", "The approval store is unavailable."),
-                    new_request_id(),
-                )
+                return error_response(store_down(), new_request_id())
             except SidecarError as err:
                 return error_response(err, new_request_id())
 

@@ -107,17 +107,16 @@ class Approvals:
 
     async def lookup(self, call: Call, request: web.Request, payload: Payload) -> ApprovalDoc:
         """Bind the call to its fingerprint and report the approval it would use (SPEC §3 `approval`)."""
-        digest = model.body_hash(
-            payload.content_type, payload.raw, payload.doc if payload.kind == "json" else None
-        )
         if payload.kind == "stream":  # an upload streamed through: bound by its type and declared size
             digest = model.body_hash(payload.content_type, str(payload.size).encode(), None)
+        else:
+            digest = model.body_hash(payload.content_type, payload.raw, payload.doc)
         ticket = ApprovalTicket(model.fingerprint(call.method, request.path_qs, call.subject.tenant, digest))
         call.approval = ticket
         try:
             found = await self.store.find(ticket.fingerprint)
         except StoreUnavailable:
-            raise _store_down() from None
+            raise store_down() from None
         if found is not None:
             ticket.id, ticket.status = found.id, found.current(time.time())
         return {"id": ticket.id, "status": ticket.status}  # type: ignore[typeddict-item]
@@ -156,7 +155,7 @@ class Approvals:
                 )
             approval = await self._request(call, decision, ticket)
         except StoreUnavailable:
-            raise _store_down() from None
+            raise store_down() from None
         except ApprovalError as exc:  # the approval vanished between lookup and claim: ask again
             raise _held("approval_required", str(exc), ticket.id or "") from None
         raise _held("approval_required", _pending_text(approval.id), approval.id)
@@ -216,5 +215,5 @@ def _pending_text(approval_id: str) -> str:
     )
 
 
-def _store_down() -> SidecarError:
+def store_down() -> SidecarError:
     return SidecarError(503, "store_unavailable", "The approval store is unavailable.")

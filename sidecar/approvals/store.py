@@ -7,18 +7,17 @@ so the Redis store uses optimistic WATCH/MULTI transactions rather than scripts.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import WatchError
 
 from sidecar.approvals.model import Approval, ApprovalError, Status, keep_until, lookup
-from sidecar.budget.store import StoreUnavailable
 from sidecar.config import Settings
+from sidecar.redis_conn import bounded, connect
 
 _T = TypeVar("_T")
 # A mutation: change the approval in place (as of `now`); return a result and whether to unlink its
@@ -137,9 +136,12 @@ class RedisApprovalStore:
         timeout: float,
         prefix: str = "sidecar:",
         clock: Callable[[], float] = time.time,
+        *,
+        owns_client: bool = True,
     ) -> None:
         self.ttl = ttl
         self._redis = redis
+        self._owns_client = owns_client  # False: the client is the budget store's, which closes it
         self._timeout = timeout
         self._prefix = prefix
         self._clock = clock
@@ -155,11 +157,7 @@ class RedisApprovalStore:
         return f"{self._prefix}apr:index"
 
     async def _bounded(self, work: Callable[[], Awaitable[_T]]) -> _T:
-        try:
-            async with asyncio.timeout(max(self._timeout, 2.0)):
-                return await work()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        return await bounded(work, max(self._timeout, 2.0))
 
     async def _transact(self, keys: list[str], body: Callable[[Pipeline], Awaitable[_T]]) -> _T:
         """Run `body(pipe)` under WATCH of `keys`, retrying when another replica changed them meanwhile."""
@@ -276,14 +274,16 @@ class RedisApprovalStore:
         await self._bounded(self._redis.ping)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owns_client:
+            await self._redis.aclose()
 
 
-def build_store(settings: Settings) -> ApprovalStore:
-    """Redis when SIDECAR_REDIS_URL is set (shared by every replica), else this process's memory."""
+def build_store(settings: Settings, redis: Redis | None = None) -> ApprovalStore:
+    """Redis when SIDECAR_REDIS_URL is set (shared by every replica; on the budget store's pool when given
+    `redis`), else this process's memory."""
     if not settings.redis_url:
         return MemoryApprovalStore(settings.approval_ttl)
-    client = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=max(settings.redis_timeout, 1.0), socket_timeout=None
+    client = redis if redis is not None else connect(settings.redis_url, settings.redis_timeout)
+    return RedisApprovalStore(
+        client, settings.approval_ttl, settings.redis_timeout, owns_client=redis is None
     )
-    return RedisApprovalStore(client, settings.approval_ttl, settings.redis_timeout)

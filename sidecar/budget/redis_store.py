@@ -28,13 +28,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import reduce
 from typing import Any, TypeVar
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
-
 from sidecar.budget import store
-from sidecar.budget.store import WINDOWS, Refusal, Reservation, StoreUnavailable, UsageRow, WindowState
+from sidecar.budget.store import WINDOWS, Refusal, Reservation, UsageRow, WindowState
+from sidecar.redis_conn import bounded, connect
 
 _CLOCK = """
 local now = tonumber(ARGV[1])
@@ -244,25 +240,15 @@ class RedisBudgetStore:
     def __init__(
         self, url: str, key_prefix: str = "sidecar:", *, timeout: float = 0.5, max_connections: int = 64
     ) -> None:
-        # Each call is bounded by `timeout` as a whole (asyncio.timeout: one timer, where redis-py's own
-        # socket_timeout wraps every send in asyncio.wait_for, a task per command), and the semaphore bounds
-        # the connections in use (cheaper than BlockingConnectionPool). A cancelled call drops its connection.
-        self._redis = Redis.from_pool(
-            ConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                socket_timeout=None,  # redis-py 8 defaults to 5 s; the call-wide timeout replaces it
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1),  # one immediate retry, e.g. on a stale pooled connection
-            )
-        )
+        # The semaphore bounds the connections in use (cheaper than BlockingConnectionPool).
+        self.redis = connect(url, timeout, max_connections)
         self._slots = asyncio.Semaphore(max_connections)
         self._timeout = timeout
         self._prefix = key_prefix
-        self._reserve = self._redis.register_script(_lua(_RESERVE))
-        self._settle = self._redis.register_script(_lua(_SETTLE))
-        self._state = self._redis.register_script(_lua(_STATE))
-        self._rate = self._redis.register_script(_lua(_RATE))
+        self._reserve = self.redis.register_script(_lua(_RESERVE))
+        self._settle = self.redis.register_script(_lua(_SETTLE))
+        self._state = self.redis.register_script(_lua(_STATE))
+        self._rate = self.redis.register_script(_lua(_RATE))
 
     def _base(self, tenant: str) -> str:
         return f"{self._prefix}bud:{{{tenant}}}:"
@@ -272,12 +258,7 @@ class RedisBudgetStore:
         return "" if now is None else f"{now:.6f}"
 
     async def _call(self, call: Callable[[], Awaitable[_T]], seconds: float | None = None) -> _T:
-        """Bound a call in time; map every failure of Redis or the network to StoreUnavailable."""
-        try:
-            async with asyncio.timeout(seconds or self._timeout), self._slots:
-                return await call()
-        except (RedisError, OSError) as exc:  # refused/reset connections, timeouts, script or server errors
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        return await bounded(call, seconds or self._timeout, self._slots)
 
     async def _run(self, script: Any, keys: list[str], args: list[str | int]) -> Any:
         return await self._call(lambda: script(keys=keys, args=args))
@@ -370,7 +351,7 @@ class RedisBudgetStore:
 
     async def stored_limits(self, tenant: str) -> dict[str, int]:
         base = self._base(tenant)
-        values = await self._call(lambda: self._redis.mget([base + "lim:" + w for w in WINDOWS]))
+        values = await self._call(lambda: self.redis.mget([base + "lim:" + w for w in WINDOWS]))
         return {w: int(v) for w, v in zip(WINDOWS, values, strict=True) if v is not None}
 
     async def reset(self, tenant: str) -> None:
@@ -380,19 +361,19 @@ class RedisBudgetStore:
 
         async def unlink_all() -> None:
             batch: list[bytes] = []
-            async for key in self._redis.scan_iter(match=_glob_escape(base) + "*", count=500):
+            async for key in self.redis.scan_iter(match=_glob_escape(base) + "*", count=500):
                 if not key.startswith(keep):
                     batch.append(key)
                 if len(batch) >= 500:
-                    await self._redis.unlink(*batch)
+                    await self.redis.unlink(*batch)
                     batch.clear()
             if batch:
-                await self._redis.unlink(*batch)
+                await self.redis.unlink(*batch)
 
         await self._call(unlink_all, max(10.0, 20 * self._timeout))
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping)
+        await self._call(self.redis.ping)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self.redis.aclose()

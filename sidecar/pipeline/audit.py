@@ -54,6 +54,10 @@ def error_doc(err: SidecarError) -> dict[str, Any]:
     return doc
 
 
+def _timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def build_record(call: Call, phase: str, revision: str) -> dict[str, Any]:
     decision = call.decision
     err = call.error
@@ -70,7 +74,7 @@ def build_record(call: Call, phase: str, revision: str) -> dict[str, Any]:
     timings = call.timings_ms
     return {
         "decision_id": call.id,
-        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": _timestamp(),
         "phase": phase,
         "trace_id": call.trace_id,
         "span_id": call.span_id,
@@ -171,7 +175,7 @@ class AuditLog:
         """An approver's act (`phase: "approval"`), chained with the call records; ids only, no content."""
         record = {
             "decision_id": approval["id"],
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "timestamp": _timestamp(),
             "phase": "approval",
             "approval": {"id": approval["id"], "action": action, "status": approval["status"]},
             "approver": {"sub": approver_sub},
