@@ -172,36 +172,9 @@ MIRROR=$(find_debian_mirror "${KUBE_DEBIAN_MIRROR:-}") ||
     die "no Debian archive URI (…/debian) found in /etc/apt/sources.list*; set KUBE_DEBIAN_MIRROR"
 log "Debian mirror (from the machine's apt sources): $MIRROR"
 
-# A private apt root for $SUITE, binary and source indexes. apt-get -c reads
-# this file after the system configuration, so it overrides every Dir::
-# setting while keeping the machine's Acquire:: settings.
 A=$WORK/apt
-mkdir -p "$A"/{state/lists/partial,cache/archives/partial,etc/sources.list.d,etc/preferences.d,etc/trusted.gpg.d,dpkg,log}
-: >"$A/dpkg/status"
-printf 'deb [signed-by=%s] %s %s main\ndeb-src [signed-by=%s] %s %s main\n' \
-    "$KEYRING" "$MIRROR" "$SUITE" "$KEYRING" "$MIRROR" "$SUITE" >"$A/etc/sources.list"
-cat >"$A/apt.conf" <<EOF
-Dir::State "$A/state";
-Dir::State::lists "$A/state/lists";
-Dir::State::status "$A/dpkg/status";
-Dir::Cache "$A/cache";
-Dir::Cache::archives "$A/cache/archives";
-Dir::Etc::sourcelist "$A/etc/sources.list";
-Dir::Etc::sourceparts "$A/etc/sources.list.d";
-Dir::Etc::preferences "$A/etc/preferences";
-Dir::Etc::preferencesparts "$A/etc/preferences.d";
-Dir::Etc::trusted "$A/etc/trusted.gpg";
-Dir::Etc::trustedparts "$A/etc/trusted.gpg.d";
-Dir::Log "$A/log";
-APT::Sandbox::User "$(id -un)";
-APT::Install-Recommends "false";
-APT::Install-Suggests "false";
-APT::Get::AllowUnauthenticated "false";
-Acquire::Languages "none";
-Acquire::Retries "3";
-EOF
 log "reading the $SUITE suite index"
-apt-get -c "$A/apt.conf" -qq update >&2 || die "apt-get update of $SUITE from $MIRROR failed"
+make_apt_root "$A" "$SUITE" src
 APT=(apt-get -c "$A/apt.conf" -qq)
 
 # download PKG... into $WORK/debs and unpack them into $WORK/root.

@@ -128,38 +128,6 @@ MIRROR=$(find_debian_mirror "${OPA_DEBIAN_MIRROR:-}") ||
     die "no Debian archive URI (…/debian) found in /etc/apt/sources.list*; set OPA_DEBIAN_MIRROR"
 log "Debian mirror (from the machine's apt sources): $MIRROR"
 
-# A private apt root for one suite. apt-get -c reads this file after the
-# system configuration, so it overrides every Dir:: setting while keeping the
-# machine's Acquire:: settings (proxies, Check-Valid-Until policy of the mirror).
-make_apt_root() { # $1 = dir, $2 = suite
-    local r=$1 suite=$2
-    mkdir -p "$r"/{state/lists/partial,cache/archives/partial,etc/sources.list.d,etc/preferences.d,etc/trusted.gpg.d,dpkg,log}
-    : >"$r/dpkg/status"
-    printf 'deb [signed-by=%s] %s %s main\n' "$KEYRING" "$MIRROR" "$suite" >"$r/etc/sources.list"
-    cat >"$r/apt.conf" <<EOF
-Dir::State "$r/state";
-Dir::State::lists "$r/state/lists";
-Dir::State::status "$r/dpkg/status";
-Dir::Cache "$r/cache";
-Dir::Cache::archives "$r/cache/archives";
-Dir::Etc::sourcelist "$r/etc/sources.list";
-Dir::Etc::sourceparts "$r/etc/sources.list.d";
-Dir::Etc::preferences "$r/etc/preferences";
-Dir::Etc::preferencesparts "$r/etc/preferences.d";
-Dir::Etc::trusted "$r/etc/trusted.gpg";
-Dir::Etc::trustedparts "$r/etc/trusted.gpg.d";
-Dir::Log "$r/log";
-APT::Sandbox::User "$(id -un)";
-APT::Install-Recommends "false";
-APT::Install-Suggests "false";
-APT::Get::AllowUnauthenticated "false";
-Acquire::Languages "none";
-Acquire::Retries "3";
-EOF
-    apt-get -c "$r/apt.conf" -qq update >&2 ||
-        die "apt-get update of $suite from $MIRROR failed"
-}
-
 # --- unstable: the OPA source and its dependency closure ---------------------
 U=$WORK/apt-unstable
 log "reading the unstable suite index"
