@@ -24,7 +24,9 @@ run: install ## run the sidecar against SIDECAR_UPSTREAM_URL (set SIDECAR_UPSTRE
 demo: install ## dev-upstream + sidecar + a real openai-agents agent, with a readable summary
 	$(BIN)/python examples/demo.py
 
-test: install ## the whole test suite (needs opa, kube-apiserver and etcd; builds them on first use, then cached)
+test: install ## the whole test suite (installs redis-server; builds opa, kube-apiserver and etcd on first use, then cached)
+	@echo "make test: checking redis-server, opa and the kube binaries (installed or built on first use)"
+	bash scripts/get-redis.sh >/dev/null
 	bash scripts/get-kube.sh >/dev/null
 	OPA_BIN=$(OPA) $(BIN)/pytest -q
 

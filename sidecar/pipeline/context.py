@@ -54,7 +54,11 @@ class ApprovalTicket:
 class Call:
     id: str
     method: str
-    path: str
+    path: str  # the canonical path (sidecar.pipeline.canonical): what the policy judged and the upstream gets
+    query: str = ""  # the canonical query string, without "?"
+    # OpenAI-Organization / OpenAI-Project sent upstream (settings, or the decision's `upstream`); None: none
+    organization: str | None = None
+    project: str | None = None
     started: float = field(default_factory=time.perf_counter)
     trace_id: str = ""
     span_id: str = ""
