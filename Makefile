@@ -44,7 +44,9 @@ lint: install ## ruff, formatting, mypy, opa fmt/check
 	$(BIN)/ruff format --check $(PYDIRS)
 	$(BIN)/mypy
 	test -z "$$($(OPA) fmt --list rego/)" || { echo "rego/ is not opa-fmt clean: run opa fmt -w rego/"; exit 1; }
-	$(OPA) check --strict rego/
+	@# --schema: type-check every input.* reference against the shipped input schemas (a misspelled field fails)
+	schema=$$(mktemp) && $(BIN)/python -m sidecar.schemas > $$schema \
+		&& $(OPA) check --strict --schema $$schema rego/; rc=$$?; rm -f $$schema; exit $$rc
 
 fmt: install
 	$(BIN)/ruff format $(PYDIRS)

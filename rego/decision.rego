@@ -1,4 +1,4 @@
-# The decision document (SPEC section 4), queried at data.sidecar.decision.
+# The decision document (docs/decision.md), queried at data.sidecar.decision.
 #
 # Every concern adds human-readable strings to the partial set `deny`; the
 # call is allowed when it is empty. `reasons` is that set, sorted. `code` is

@@ -57,7 +57,7 @@ fx_decision_keys := {
 	"mask", "budget", "max_output_tokens", "rate_limit",
 }
 
-# The shape SPEC section 4 requires, checked on any decision.
+# The shape docs/decision.md requires, checked on any decision.
 fx_well_formed(d) if {
 	{k | some k, _ in d} == fx_decision_keys
 	is_boolean(d.allow)

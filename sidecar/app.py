@@ -21,6 +21,7 @@ from sidecar.budget.memory_store import MemoryBudgetStore
 from sidecar.budget.redis_store import RedisBudgetStore
 from sidecar.budget.store import BudgetStore, StoreUnavailable
 from sidecar.config import Settings
+from sidecar.listener import GuardedRunner
 from sidecar.pipeline.audit import AuditLog
 from sidecar.pipeline.authenticate import build_authenticator
 from sidecar.pipeline.decide import Decider
@@ -181,10 +182,13 @@ class Sidecar:
                 store_ok, store_detail = False, f"unreachable: {exc}"
         if self.draining:
             ready, detail = False, "draining"
+        # No working PII pool (a worker died, the pool is being replaced): not ready until it is back.
+        pii = self.scanner.pool.status() if self.scanner is not None else {"ok": True, "state": "off"}
         doc = {
-            "ready": ready and store_ok,
+            "ready": ready and store_ok and pii["ok"],
             "policy": {"engine": self.engine.name, "detail": detail},
             "store": {"ok": store_ok, "detail": store_detail},
+            "pii": pii,
             "bundle": {"revision": self.engine.revision},
         }
         return web.json_response(doc, status=200 if doc["ready"] else 503)
@@ -193,14 +197,23 @@ class Sidecar:
 async def listen(sidecar: Sidecar) -> list[web.AppRunner]:
     """Start the data and admin listeners; cleaning up the returned runners stops them (data first)."""
     settings = sidecar.settings
-    runners = [
-        web.AppRunner(
+    # Both listeners get the slow-client timeouts (sidecar.listener). The data listener leaves
+    # Content-Encoding to the sidecar (sidecar.pipeline.receive), so every refusal is its own, audited.
+    keepalive = {"keepalive_timeout": settings.client_keepalive_timeout}
+    runners: list[web.AppRunner] = [
+        GuardedRunner(
             sidecar.data_app(),
+            header_timeout=settings.client_header_timeout,
+            handler_args={**keepalive, "auto_decompress": False},
             handle_signals=False,
-            access_log=None,
             shutdown_timeout=settings.shutdown_timeout,
         ),
-        web.AppRunner(sidecar.admin_app(), handle_signals=False, access_log=None),
+        GuardedRunner(
+            sidecar.admin_app(),
+            header_timeout=settings.client_header_timeout,
+            handler_args=keepalive,
+            handle_signals=False,
+        ),
     ]
     for runner in runners:
         await runner.setup()

@@ -1,10 +1,11 @@
-"""The `sidecar` command (SPEC §2)."""
+"""The `sidecar` command (docs/cli.md)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from sidecar.policy.bundle import BundleError
 def _serve(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     logs.configure(settings.log_level)
+    for var, close in config.unknown_variables():
+        hint = f"; did you mean {close}?" if close else ""
+        logging.getLogger("sidecar").warning(f"{var} is not a setting and is ignored{hint}")
     from sidecar.app import serve
 
     if settings.event_loop == "uvloop":

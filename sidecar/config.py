@@ -1,4 +1,4 @@
-"""Settings (SPEC §2): environment variables or a YAML file given with `--config`; the environment wins.
+"""Settings (docs/configuration.md): environment variables or a YAML file (`--config`); the environment wins.
 
 YAML keys are the variable names without the `SIDECAR_` prefix, in lower case
 (`upstream_url: https://api.openai.com`); the full variable name is accepted too.
@@ -7,13 +7,17 @@ YAML keys are the variable names without the `SIDECAR_` prefix, in lower case
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from sidecar.documents import UPSTREAM_ID
 
 PACKAGE_BUNDLE = Path(__file__).resolve().parent / "bundle"
 
@@ -28,6 +32,40 @@ DEFAULT_INPUT_HEADERS = (
 NEVER_INPUT_HEADERS = frozenset(
     {"authorization", "cookie", "proxy-authorization", "x-end-user-token", "api-key"}
 )
+# Request headers SIDECAR_FORWARD_HEADERS may not add to the forwarded ones (sidecar.pipeline.forward):
+# credentials, what the sidecar sets itself (framing, account, request id, trace), hop-by-hop headers, and
+# routing overrides an upstream or a proxy in front of it might obey. Names starting `x-forwarded-` or
+# `proxy-` are refused too.
+NEVER_FORWARD_HEADERS = NEVER_INPUT_HEADERS | {
+    "x-api-key",
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "accept-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "openai-organization",
+    "openai-project",
+    "x-client-request-id",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-end-user-token",
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+}
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+\Z")
 # Signature algorithms a JWT may use (SIDECAR_JWT_ALGORITHMS picks from these): public-key ones only.
 JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 
@@ -97,6 +135,11 @@ class Settings:
     approval_webhook_timeout: float = 5.0
     admin_auth: str = ""  # default: jwt when a JWKS is configured, else static with the keys file
     admin_jwt_audience: str = ""  # default: SIDECAR_JWT_AUDIENCE
+    # A gated upload is read in full before it is forwarded (sidecar.approvals.spool): at most this many
+    # bytes (0: SIDECAR_MAX_UPLOAD_BYTES, which is also the ceiling), beyond 1 MiB in a temporary file in
+    # this directory (empty: the system temporary directory).
+    approval_spool_bytes: int = 0
+    approval_spool_dir: str = ""
     audit_log: str = "-"
     fail_mode: str = "closed"
     pii_mode: str = "ner"
@@ -106,9 +149,29 @@ class Settings:
     pii_max_tasks_per_child: int = 2000
     pii_timeout: float = 10.0
     pii_cache_entries: int = 50_000
+    pii_max_chunk_chars: int = 20_000  # the most text one worker task holds; longer texts are windowed
+    pii_worker_memory_mb: int = 1024  # address space a worker may add after warm-up (RLIMIT_AS); 0: none
+    pii_restart_backoff_max: float = 30.0  # seconds: the longest wait between two rebuilds of the pool
     max_body_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 512 * 1024 * 1024
+    # Hostile bodies and slow clients (sidecar.pipeline.receive, sidecar.listener): how deep a JSON body may
+    # nest; how long a request head may take from the connection (or its first byte); the longest silence
+    # while a body is read (408); how long an idle kept-alive connection stays open.
+    max_json_depth: int = 64
+    client_header_timeout: float = 10.0
+    client_body_timeout: float = 60.0
+    client_keepalive_timeout: float = 75.0
     input_headers: tuple[str, ...] = DEFAULT_INPUT_HEADERS
+    # Request headers forwarded upstream besides sidecar.pipeline.forward.FORWARD_HEADERS.
+    forward_headers: tuple[str, ...] = ()
+    # OpenAI-Organization / OpenAI-Project sent upstream, unless the decision's `upstream` names others.
+    upstream_organization: str = ""
+    upstream_project: str = ""
+    # Admission (sidecar.pipeline.admit): calls checked at once, calls waiting for that, and how long one
+    # may wait; beyond either, 503 `overloaded` with retry-after.
+    max_concurrency: int = 64
+    max_queue: int = 1024
+    queue_timeout: float = 10.0
     log_level: str = "info"
     event_loop: str = "uvloop"
     shutdown_timeout: float = 30.0
@@ -129,13 +192,28 @@ class Settings:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+_BOOLEANS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
 def _coerce(name: str, raw: Any) -> Any:
     default = _FIELDS[name].default
     try:
         if isinstance(default, bool):
             if isinstance(raw, bool):
                 return raw
-            return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+            word = str(raw).strip().lower()
+            if word not in _BOOLEANS:  # a typo such as "ture" must not quietly read as false
+                raise ValueError("expected true/false, 1/0, yes/no or on/off")
+            return _BOOLEANS[word]
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
@@ -146,6 +224,23 @@ def _coerce(name: str, raw: Any) -> Any:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name}: cannot use {raw!r}: {exc}") from None
     return str(raw)
+
+
+# SIDECAR_* variables that are not settings of the server: the scripts' build cache, the tests' knobs.
+NOT_SETTINGS = frozenset({"SIDECAR_CACHE_DIR", "SIDECAR_FUZZ_EXAMPLES", "SIDECAR_FUZZ_RANDOM"})
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """SIDECAR_* variables that name no setting (a typo is reported, never silently ignored), each with
+    the closest real name when there is one."""
+    env = os.environ if environ is None else environ
+    names = [f"SIDECAR_{name.upper()}" for name in _FIELDS]
+    found = []
+    for var in sorted(env):
+        if var.startswith("SIDECAR_") and var not in NOT_SETTINGS and var.lower()[8:] not in _FIELDS:
+            close = difflib.get_close_matches(var, names, n=1)
+            found.append((var, close[0] if close else None))
+    return found
 
 
 def load(
@@ -178,6 +273,10 @@ def _validate(s: Settings, require_keys: bool = True) -> None:
         raise ConfigError(f"SIDECAR_ADMIN_AUTH must be jwt, static or off, not {s.admin_auth!r}")
     if s.approval_ttl <= 0:
         raise ConfigError("SIDECAR_APPROVAL_TTL must be a positive number of seconds")
+    if s.approval_spool_bytes < 0:
+        raise ConfigError("SIDECAR_APPROVAL_SPOOL_BYTES must be 0 (the upload limit) or a number of bytes")
+    if s.approval_spool_dir and not Path(s.approval_spool_dir).is_dir():
+        raise ConfigError(f"SIDECAR_APPROVAL_SPOOL_DIR {s.approval_spool_dir} is not a directory")
     if s.fail_mode not in {"closed", "open"}:
         raise ConfigError(f"SIDECAR_FAIL_MODE must be closed or open, not {s.fail_mode!r}")
     if require_keys and s.auth_mode == "static" and not s.static_keys_file:
@@ -196,7 +295,39 @@ def _validate(s: Settings, require_keys: bool = True) -> None:
         raise ConfigError(f"SIDECAR_UPSTREAM_API_KEY_FILE {s.upstream_api_key_file} does not exist")
     if s.pii_mode not in {"patterns", "ner", "off"}:
         raise ConfigError(f"SIDECAR_PII_MODE must be patterns, ner or off, not {s.pii_mode!r}")
+    if not 2_000 <= s.pii_max_chunk_chars <= 1_000_000:
+        raise ConfigError("SIDECAR_PII_MAX_CHUNK_CHARS must be within [2000, 1000000]")
+    if s.pii_worker_memory_mb < 0:
+        raise ConfigError("SIDECAR_PII_WORKER_MEMORY_MB must be 0 (no limit) or a number of MiB")
+    if s.pii_restart_backoff_max <= 0:
+        raise ConfigError("SIDECAR_PII_RESTART_BACKOFF_MAX must be a positive number of seconds")
+    if s.max_concurrency < 1 or s.max_queue < 0 or not s.queue_timeout > 0:
+        raise ConfigError(
+            "SIDECAR_MAX_CONCURRENCY must be at least 1, SIDECAR_MAX_QUEUE at least 0, "
+            "and SIDECAR_QUEUE_TIMEOUT a positive number of seconds"
+        )
+    if not 1 <= s.max_json_depth <= 200:  # orjson cannot re-serialise past 254 levels
+        raise ConfigError("SIDECAR_MAX_JSON_DEPTH must be between 1 and 200")
+    if not min(s.client_header_timeout, s.client_body_timeout, s.client_keepalive_timeout) > 0:
+        raise ConfigError(
+            "SIDECAR_CLIENT_HEADER_TIMEOUT, SIDECAR_CLIENT_BODY_TIMEOUT and SIDECAR_CLIENT_KEEPALIVE_TIMEOUT "
+            "must be positive numbers of seconds"
+        )
     if s.event_loop not in {"uvloop", "asyncio"}:
         raise ConfigError("SIDECAR_EVENT_LOOP must be uvloop or asyncio")
     if bad := NEVER_INPUT_HEADERS.intersection(s.input_headers):
         raise ConfigError(f"SIDECAR_INPUT_HEADERS may not expose credentials: {sorted(bad)}")
+    for name in s.forward_headers:
+        if not _HEADER_NAME.match(name):
+            raise ConfigError(f"SIDECAR_FORWARD_HEADERS: {name!r} is not a header name")
+        if name in NEVER_FORWARD_HEADERS or name.startswith(("x-forwarded-", "proxy-")):
+            raise ConfigError(
+                f"SIDECAR_FORWARD_HEADERS may not name {name!r}: a credential, a header the sidecar sets, "
+                "or one that changes how the request is routed"
+            )
+    for var, value in (
+        ("SIDECAR_UPSTREAM_ORGANIZATION", s.upstream_organization),
+        ("SIDECAR_UPSTREAM_PROJECT", s.upstream_project),
+    ):
+        if value and not UPSTREAM_ID.match(value):
+            raise ConfigError(f"{var} must be an OpenAI id (letters, digits, `_.:-`), not {value!r}")

@@ -1,4 +1,4 @@
-"""The policy input (SPEC §3) and decision (SPEC §4) documents.
+"""The policy input (docs/policy-input.md) and decision (docs/decision.md) documents.
 
 The input is a plain JSON document, typed with TypedDicts so every stage that adds a part is checked.
 The decision is parsed into a frozen dataclass: anything that does not match the contract raises
@@ -7,12 +7,16 @@ The decision is parsed into a frozen dataclass: anything that does not match the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Final, Literal, NotRequired, TypedDict
 
 OPERATORS = frozenset({"placeholder", "redact", "replace", "mask", "hash"})
 WINDOWS = ("minute", "hour", "day", "month")
 ApprovalStatus = Literal["none", "pending", "approved", "denied", "expired"]
+# An OpenAI organization or project id (`org-...`, `proj_...`): sent as a header value, so no spaces,
+# quotes or control characters. Settings and the decision's `upstream` are both held to it.
+UPSTREAM_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,255}\Z")
 
 
 class RequestDoc(TypedDict):
@@ -73,7 +77,7 @@ class PolicyInput(TypedDict):
     budget: BudgetDoc
     approval: ApprovalDoc
     time: dict[str, str]
-    # Extensions beyond SPEC §3 go in here, never over an existing name.
+    # Sidecar extensions go in here, never over an existing name (docs/policy-input.md).
     sidecar: NotRequired[dict[str, Any]]
 
 
@@ -109,6 +113,9 @@ class Decision:
     requests_per_minute: int | None = None
     # Whose requests the rate limit counts: the tenant's together (default), or each subject's apart.
     rate_limit_per: str = "tenant"
+    # `upstream`: the OpenAI-Organization / OpenAI-Project to send; None: the settings' (docs/decision.md).
+    upstream_organization: str | None = None
+    upstream_project: str | None = None
 
     @classmethod
     def deny(cls, reason: str, code: str = "policy_violation") -> Decision:
@@ -127,6 +134,7 @@ class Decision:
         if not isinstance(code, str):
             raise MalformedDecision("decision.code must be a string")
         rpm = _optional(doc, "rate_limit", dict)
+        organization, project = _upstream(_optional(doc, "upstream", dict) or {})
         budget = _optional(doc, "budget", dict) or {}
         return cls(
             allow=allow,
@@ -142,10 +150,12 @@ class Decision:
             max_output_tokens=_positive(doc.get("max_output_tokens"), "max_output_tokens"),
             requests_per_minute=_positive((rpm or {}).get("requests_per_minute"), "rate_limit"),
             rate_limit_per=_per((rpm or {}).get("per")),
+            upstream_organization=organization,
+            upstream_project=project,
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """The decision in SPEC §4 shape (for `sidecar policy eval` and the audit)."""
+        """The decision in its docs/decision.md shape (for `sidecar policy eval` and the audit)."""
         return {
             "allow": self.allow,
             "reasons": list(self.reasons),
@@ -173,6 +183,7 @@ class Decision:
                 if self.requests_per_minute
                 else None
             ),
+            "upstream": {"organization": self.upstream_organization, "project": self.upstream_project},
         }
 
 
@@ -205,6 +216,18 @@ def _per(value: object) -> str:
     if value not in ("tenant", "subject"):
         raise MalformedDecision("decision.rate_limit.per must be 'tenant' or 'subject'")
     return str(value)
+
+
+def _upstream(doc: dict[str, Any]) -> tuple[str | None, str | None]:
+    """`upstream`: {"organization", "project"}, each an id or null. An unknown key is malformed, so that
+    a misspelt field (`organisation`) denies rather than silently bills the default account."""
+    if unknown := set(doc) - {"organization", "project"}:
+        raise MalformedDecision(f"decision.upstream: unknown field(s) {sorted(unknown)}")
+    for name in ("organization", "project"):
+        value = doc.get(name)
+        if value is not None and not (isinstance(value, str) and UPSTREAM_ID.match(value)):
+            raise MalformedDecision(f"decision.upstream.{name} must be an OpenAI {name} id or null")
+    return doc.get("organization"), doc.get("project")
 
 
 def _mask(doc: dict[str, Any]) -> MaskDecision:

@@ -1,4 +1,4 @@
-"""OpenAI-shaped error responses (SPEC §5).
+"""OpenAI-shaped error responses (docs/errors.md).
 
 Every failure the sidecar produces itself is a `SidecarError`; the proxy turns it into the body the
 `openai` client parses (`{"error": {"message", "type", "param", "code"}}`) so agents raise the right
@@ -25,6 +25,8 @@ _ERROR_TYPES = {
     503: "service_unavailable",
     504: "upstream_timeout",
 }
+# Codes whose OpenAI `type` is not the one of their status: an exhausted budget is a quota, as at OpenAI.
+_CODE_TYPES = {"budget_exceeded": "insufficient_quota"}
 
 
 @dataclass(slots=True)
@@ -42,7 +44,7 @@ class SidecarError(Exception):
         return {
             "error": {
                 "message": self.message,
-                "type": _ERROR_TYPES.get(self.status, "invalid_request_error"),
+                "type": _CODE_TYPES.get(self.code) or _ERROR_TYPES.get(self.status, "invalid_request_error"),
                 "param": self.param,
                 "code": self.code,
             }
@@ -68,6 +70,11 @@ def too_large(limit: int) -> SidecarError:
 
 def policy_unavailable(detail: str) -> SidecarError:
     return SidecarError(503, "policy_unavailable", f"Policy engine unavailable: {detail}")
+
+
+def overloaded(message: str, retry_after: int) -> SidecarError:
+    """The sidecar itself is too busy (its dependencies are not to blame): retry after a pause."""
+    return SidecarError(503, "overloaded", message, {"retry-after": str(retry_after)})
 
 
 def error_response(err: SidecarError, request_id: str) -> web.Response:

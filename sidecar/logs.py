@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,13 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
+
+
+def raised_at(exc: BaseException, depth: int = 4) -> list[str]:
+    """Where `exc` was raised (innermost `depth` frames as "file.py:line function"), for a log line that
+    must not carry the exception's text: that can quote the caller's payload."""
+    frames = traceback.extract_tb(exc.__traceback__)[-depth:]
+    return [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in frames]
 
 
 def configure(level: str = "info") -> None:

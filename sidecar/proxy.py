@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +17,11 @@ from sidecar.approvals.gate import Approvals
 from sidecar.config import Settings
 from sidecar.documents import BudgetDoc
 from sidecar.errors import SidecarError, error_response
+from sidecar.logs import raised_at
+from sidecar.pipeline.admit import Admission
 from sidecar.pipeline.audit import AuditLog
 from sidecar.pipeline.authenticate import Authenticator
+from sidecar.pipeline.canonical import canonicalize
 from sidecar.pipeline.classify import classify
 from sidecar.pipeline.context import Call, new_request_id
 from sidecar.pipeline.decide import Decider, build_input
@@ -30,12 +34,14 @@ from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
+CLIENT_GONE = 499  # the status telemetry records for a call whose caller left (no response was sent)
+_HTTP_CODES = {408: "request_timeout", 413: "request_too_large", 415: "unsupported_encoding"}
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
-def trace_ids(request: web.Request) -> tuple[str, str]:
+def trace_ids(headers: Mapping[str, str]) -> tuple[str, str]:
     """Continue the caller's W3C trace when it sent one; our own span id either way."""
-    match = _TRACEPARENT.match(request.headers.get("traceparent", ""))
+    match = _TRACEPARENT.match(headers.get("traceparent", ""))
     trace_id = match.group(1) if match and match.group(1) != "0" * 32 else os.urandom(16).hex()
     return trace_id, os.urandom(8).hex()
 
@@ -63,24 +69,45 @@ class Proxy:
     approvals: Approvals | None = None
     transforms: Callable[[Call, Plan], Transforms] = field(default=lambda call, plan: Transforms())
     telemetry: Telemetry = field(default_factory=Telemetry.disabled)
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission.of(self.settings)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        call = Call(id=new_request_id(), method=request.method, path=request.path)
-        traced = self.telemetry.start_request(request, call)  # tracing on: the audit gets its span's ids
+        call = Call(id=new_request_id(), method=request.method, path="")
+        refused: SidecarError | None = None
+        headers: Mapping[str, str] = request.headers
+        try:  # first: nothing reads a header or the target before both are checked
+            canonicalize(request, call)
+        except SidecarError as err:
+            refused, headers = err, {}
+        traced = self.telemetry.start_request(headers, call)  # tracing on: the audit gets its span's ids
         if not call.trace_id:
-            call.trace_id, call.span_id = trace_ids(request)
-        status = 500  # unless set below: an unexpected exception, which aiohttp answers with a 500
+            call.trace_id, call.span_id = trace_ids(headers)
+        status = 500  # unless set below
         try:
+            if refused is not None:
+                raise refused
+            await self.admission.enter(call)  # a slot, or 503 overloaded (sidecar.pipeline.admit)
             response = await self._run(request, call)
             status = response.status
             return response
-        except SidecarError as err:
-            call.error, status = err, err.status
+        except Exception as exc:  # a refusal, aiohttp's own HTTPException, a caller gone, or a bug
+            response = failure_response(request, call, exc)
+            status = response.status
+            return response
+        except asyncio.CancelledError:  # the shutdown stopped waiting for this call
             if call.outcome == "pending":
-                call.outcome = "refused" if err.status < 500 else "error"
-            return error_response(err, call.id)
+                call.outcome = "cancelled"
+            raise
         finally:
-            self.audit.end(call, self.revision())
+            if call.outcome == "pending":  # never an end record without an outcome
+                call.outcome = "forwarded" if call.upstream_status is not None else "error"
+            self.audit.end(call, self.revision())  # first: it never raises, whatever fails after it
+            self.admission.done(call)
+            if call.approval is not None and call.approval.upload is not None:
+                call.approval.upload.close()  # a spooled gated upload lives as long as its call
             self.telemetry.end_request(traced, call, status)
 
     async def _run(self, request: web.Request, call: Call) -> web.StreamResponse:
@@ -98,14 +125,17 @@ class Proxy:
             doc = build_input(call, request, payload, summary, self.settings, budget=budget)
             call.estimated_input_tokens = doc["request"]["estimated_input_tokens"]
             call.decision = decision = await self.decider.decide(call, doc)
+        self.forwarder.bind_account(call, request, decision)  # before the approval lookup binds it
         if decision.allow and decision.require_approval and self.approvals is not None:
             # Only gated calls touch the approval store; the policy is asked again with the approval's status.
             doc["approval"] = await tel.run("approval", self.approvals.lookup(call, request, payload))
             if doc["approval"]["status"] != "none":
                 call.decision = decision = await tel.run("policy", self.decider.decide(call, doc))
+                self.forwarder.bind_account(call, request, decision, again=True)
         plan = await tel.run("enforce", self.enforcer.enforce(call, decision, payload, summary))
         ok = False
         try:
+            self.admission.done(call)  # checked: the wait for the upstream is not the sidecar's load
             self.audit.start(call, self.revision())
             started = time.perf_counter()
             with tel.upstream(call):  # the CLIENT span: the provider's traceparent names it as parent
@@ -116,8 +146,10 @@ class Proxy:
                 transforms = self.transforms(call, plan)
                 if plan.hide_usage_chunk:
                     transforms.events.append(HideUsageChunk())
+                scrubber = self.forwarder.scrubber  # the provider key never goes back to the caller
                 response = await tel.run(
-                    "stream", relay(request, upstream, call, transforms.events, transforms.bodies)
+                    "stream",
+                    relay(request, upstream, call, transforms.events, transforms.bodies, scrubber=scrubber),
                 )
             finally:
                 upstream.release()
@@ -143,6 +175,52 @@ class Proxy:
                 raise
             call.fail_open.append("pii")  # forwarded unscanned, by SIDECAR_FAIL_MODE=open
         call.timed("pii", started)
+
+
+def failure_response(request: web.Request, call: Call, exc: Exception) -> web.Response:
+    """The OpenAI-shaped answer to a call that failed with `exc`, its outcome and error set on `call`.
+
+    When nothing can be answered (the caller is gone, or part of the response is already out), the
+    connection is closed and the response returned is never sent: aiohttp sees a reset and moves on.
+    """
+    if isinstance(exc, ConnectionError) and _caller_gone(request):
+        if call.outcome == "pending":
+            call.outcome = "client_disconnected"
+        return web.Response(status=CLIENT_GONE)
+    if isinstance(exc, SidecarError):
+        err = exc
+    elif isinstance(exc, web.HTTPException):  # aiohttp's own (client_max_size's 413, ...), reshaped
+        code = "internal_error" if exc.status >= 500 else _HTTP_CODES.get(exc.status, "invalid_request")
+        err = SidecarError(exc.status, code, exc.reason)
+    else:
+        # One line, no payload content: the exception's class and where it was raised, never its text.
+        log.error(
+            "unexpected error",
+            extra={
+                "request_id": call.id,
+                "operation": call.operation,
+                "error": type(exc).__name__,
+                "at": raised_at(exc),
+            },
+        )
+        err = SidecarError(
+            500, "internal_error", "The sidecar failed unexpectedly; the call was not completed."
+        )
+    call.error = err
+    if call.outcome == "pending":
+        call.outcome = "refused" if err.status < 500 else "error"
+    if request.writer.output_size > 0 and request.transport is not None:
+        request.transport.close()  # the caller sees a truncated response, never a second one
+        return web.Response(status=err.status)
+    response = error_response(err, call.id)
+    if err.status == 408:
+        response.force_close()  # a connection whose body stalled is not reused
+    return response
+
+
+def _caller_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def not_found(request: web.Request) -> web.Response:

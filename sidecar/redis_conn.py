@@ -13,34 +13,44 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from sidecar.budget.store import StoreUnavailable
+from sidecar.deadline import within
 
 _T = TypeVar("_T")
 
 
-def connect(url: str, timeout: float, max_connections: int = 64) -> Redis:
-    # Each call is bounded as a whole by `bounded` (asyncio.timeout: one timer, where redis-py's own
-    # socket_timeout wraps every send in asyncio.wait_for, a task per command).
-    return Redis.from_pool(
-        ConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            socket_timeout=None,  # redis-py 8 defaults to 5 s; the call-wide timeout replaces it
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),  # one immediate retry, e.g. on a stale pooled connection
-        )
+class PooledRedis(Redis):
+    """A client whose `slots` bound the connections in use (cheaper than BlockingConnectionPool, and the
+    wait for one stays outside the operation's timeout). Every store on this client shares them."""
+
+    def __init__(self, pool: ConnectionPool, max_connections: int) -> None:
+        super().__init__(connection_pool=pool)
+        self.auto_close_connection_pool = True  # it owns the pool, as with Redis.from_pool
+        self.slots = asyncio.Semaphore(max_connections)
+
+
+def connect(url: str, timeout: float, max_connections: int = 64) -> PooledRedis:
+    # Each operation is bounded as a whole by `bounded` (one timer that does not count the sidecar's own
+    # stalls, where redis-py's socket_timeout wraps every send in asyncio.wait_for, a task per command).
+    pool = ConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        socket_timeout=None,  # redis-py 8 defaults to 5 s; the operation-wide timeout replaces it
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),  # one immediate retry, e.g. on a stale pooled connection
     )
+    return PooledRedis(pool, max_connections)
 
 
 async def bounded(
     work: Callable[[], Awaitable[_T]], seconds: float, slots: asyncio.Semaphore | None = None
 ) -> _T:
-    """Run one store operation within `seconds` (and a connection slot); any failure is StoreUnavailable.
-    A cancelled call drops its connection."""
+    """Run one store operation on a connection slot, within `seconds` of Redis's time (see
+    sidecar.deadline: neither the wait for a slot nor the event loop's stalls count); any failure is
+    StoreUnavailable. A cancelled call drops its connection."""
     try:
-        async with asyncio.timeout(seconds):
-            if slots is None:
-                return await work()
-            async with slots:
-                return await work()
+        if slots is None:
+            return await within(seconds, work)
+        async with slots:
+            return await within(seconds, work)
     except (RedisError, OSError) as exc:  # refused/reset connections, timeouts, script or server errors
         raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}".rstrip(": ")) from exc

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from sidecar import config
 from sidecar.app import Sidecar, listen
+from sidecar.devupstream.common import TEST_HEADERS
 from tests.redis_fixtures import redis_server, redis_url  # noqa: F401  (shared: one redis-server per run)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +152,8 @@ async def make_sidecar(upstream: Upstream, keys_file: str, tmp_path: Path) -> As
             "SIDECAR_BUNDLE": str(BUNDLE),
             "SIDECAR_BUNDLE_WATCH": "false",
             "SIDECAR_UPSTREAM_READ_TIMEOUT": "5",
+            # Request headers are forwarded by allowlist: the dev upstream's fault injection is added to it.
+            "SIDECAR_FORWARD_HEADERS": ",".join(TEST_HEADERS),
             **env,
         }
         settings = config.load(environ=environ)

@@ -54,6 +54,23 @@ def test_build_writes_an_opa_layout(tmp_path: Path) -> None:
     assert "/.manifest" in names and "/data.json" in names and all(n.startswith("/") for n in names)
     loaded = bundles.load(out)
     assert loaded.revision == "r42" and loaded.data == bundles.load(ROOT / "rego").data
+    assert loaded.data_schema == "sidecar:data.schema.json"  # a built bundle keeps the shipped schema
+
+
+def test_build_refuses_data_that_fails_the_schema(tmp_path: Path) -> None:
+    source = tmp_path / "bundle"
+    source.mkdir()
+    for item in (ROOT / "rego").iterdir():
+        (source / item.name).write_bytes(item.read_bytes())
+    data = json.loads((source / "data.json").read_text())
+    data["sidecar"]["defaults"]["models"]["deny"] = "o1-pro*"  # a string where a list belongs
+    (source / "data.json").write_text(json.dumps(data))
+    out = tmp_path / "bundle.tar.gz"
+    with pytest.raises(
+        BundleError, match=r"/sidecar/defaults/models/deny: 'o1-pro\*' is not of type 'array'"
+    ):
+        build(str(source), str(out))
+    assert not out.exists()  # nothing half-written
 
 
 def test_signed_bundle_verifies_and_tampering_is_refused(

@@ -33,7 +33,8 @@ def _set_revision_and_block(folder: Path, revision: str, blocked: str) -> None:
     acme = data["sidecar"]["tenants"]["acme"]
     acme.setdefault("models", {})["deny"] = [blocked]
     (folder / "data.json").write_text(json.dumps(data))
-    (folder / ".manifest").write_text(json.dumps({"revision": revision, "roots": ["sidecar"]}))
+    manifest = json.loads((folder / ".manifest").read_text())  # keeps metadata.data_schema: still checked
+    (folder / ".manifest").write_text(json.dumps({**manifest, "revision": revision}))
 
 
 async def test_directory_reload_is_atomic_under_load(make_sidecar: MakeSidecar, tmp_path: Path) -> None:
@@ -76,6 +77,45 @@ async def test_directory_reload_is_atomic_under_load(make_sidecar: MakeSidecar, 
     assert sc.sidecar.reloader is not None and sc.sidecar.reloader.failures >= 1
     revisions = {r["bundle"]["revision"] for r in sc.audit()}
     assert {"sidecar-policy-2026.11.24-1", "rev-blocked"} <= revisions
+
+
+async def test_a_reload_whose_data_fails_the_schema_keeps_the_old_bundle(
+    make_sidecar: MakeSidecar, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`modles` for `models` would silently hand acme the defaults' model lists; the reload is refused instead."""
+    folder = _copy_bundle(tmp_path)
+    sc = await make_sidecar(SIDECAR_BUNDLE=str(folder), SIDECAR_BUNDLE_WATCH="true")
+    reloader = sc.sidecar.reloader
+    assert reloader is not None
+    client = openai.AsyncOpenAI(base_url=sc.url, api_key=ACME_KEY, max_retries=0)
+    await client.responses.create(model="gpt-4o", input="x")  # acme's agents may use gpt-4o
+    data = json.loads((folder / "data.json").read_text())
+    acme = data["sidecar"]["tenants"]["acme"]
+    acme["modles"] = acme.pop("models")
+    caplog.set_level("ERROR", logger="sidecar.policy.reload")
+    (folder / "data.json").write_text(json.dumps(data))
+
+    async def refused() -> bool:
+        return reloader.failures >= 1
+
+    await eventually(refused, timeout=10)
+    assert sc.sidecar.engine.revision == "sidecar-policy-2026.11.24-1" and reloader.reloads == 0
+    [record] = [r for r in caplog.records if r.name == "sidecar.policy.reload"]
+    assert record.getMessage() == "bundle refused; keeping the current one"
+    assert "/sidecar/tenants/acme/modles: unknown key 'modles'" in record.error  # type: ignore[attr-defined]
+    await client.responses.create(model="gpt-4o", input="x")  # still the old policy (else: denied)
+
+    acme["models"] = acme.pop("modles")  # the typo fixed, and a valid edit: it is taken as before
+    (folder / "data.json").write_text(json.dumps(data))
+    _set_revision_and_block(folder, "rev-fixed", "gpt-4o")
+
+    async def fixed() -> bool:
+        return sc.sidecar.engine.revision == "rev-fixed"
+
+    await eventually(fixed, timeout=10)
+    assert sc.sidecar.engine.bundle.data_schema == "sidecar:data.schema.json"
+    with pytest.raises(openai.PermissionDeniedError):
+        await client.responses.create(model="gpt-4o", input="x")
 
 
 class BundleServer:
@@ -237,4 +277,6 @@ def test_we_accept_bundles_signed_by_opa(
     )  # fmt: skip
     files = bundles.read_files(out)
     signing.verify(files, public.read_text(), "default")
-    assert bundles.parse(files, str(out)).data["sidecar"]["tenants"]
+    parsed = bundles.parse(files, str(out))
+    assert parsed.data["sidecar"]["tenants"]
+    assert parsed.data_schema == "sidecar:data.schema.json"  # opa build keeps the manifest's metadata

@@ -35,7 +35,7 @@ from sidecar.pipeline.classify import TABLE, classify
         ("POST", "/v1/traces/ingest", "traces.ingest"),
         ("GET", "/v1/organization/users", "organization.users.read"),
         ("POST", "/v1/organization/admin_api_keys", "organization.admin_api_keys.write"),
-        ("POST", "/v1/responses/", "responses.create"),
+        ("POST", "/v1/responses/", "unknown"),  # never canonical: refused before classification
         ("PUT", "/v1/responses", "unknown"),
         ("POST", "/v1/nothing-here", "unknown"),
         ("GET", "/v1/files/a/b/c/d", "unknown"),

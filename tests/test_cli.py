@@ -75,6 +75,46 @@ def test_serve_refuses_bad_configuration(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "SIDECAR_STATIC_KEYS_FILE" in proc.stderr
 
 
+def _bundle_with_a_typo(tmp_path: Path) -> Path:
+    """The shipped bundle with acme's `models` misspelled `modles`."""
+    folder = tmp_path / "typo"
+    folder.mkdir()
+    for item in BUNDLE.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    data = json.loads((folder / "data.json").read_text())
+    data["sidecar"]["tenants"]["acme"]["modles"] = data["sidecar"]["tenants"]["acme"].pop("models")
+    (folder / "data.json").write_text(json.dumps(data))
+    return folder
+
+
+TYPO = "/sidecar/tenants/acme/modles: unknown key 'modles' (did you mean 'models'?)"
+
+
+def test_policy_test_and_build_refuse_data_that_fails_the_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _bundle_with_a_typo(tmp_path)
+    assert main(["policy", "test", str(folder)]) == 2
+    assert TYPO in capsys.readouterr().err
+    out = tmp_path / "b.tar.gz"
+    assert main(["policy", "build", str(folder), "-o", str(out)]) == 2
+    assert TYPO in capsys.readouterr().err and not out.exists()
+    assert main(["policy", "eval", "--bundle", str(folder), "--input", str(folder / "data.json")]) == 2
+    assert TYPO in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bundle_whose_data_fails_the_schema(tmp_path: Path, keys_file: str) -> None:
+    env = {
+        **os.environ,
+        "SIDECAR_BUNDLE": str(_bundle_with_a_typo(tmp_path)),
+        "SIDECAR_STATIC_KEYS_FILE": keys_file,
+    }
+    proc = subprocess.run([sys.executable, "-m", "sidecar", "serve"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()  # one clear line
+    assert line.startswith("sidecar: bundle ") and line.endswith(TYPO), line
+
+
 def test_serve_drains_in_flight_calls_on_sigterm(upstream: Upstream, keys_file: str, tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     env = {
@@ -85,6 +125,7 @@ def test_serve_drains_in_flight_calls_on_sigterm(upstream: Upstream, keys_file: 
         "SIDECAR_UPSTREAM_API_KEY": PROVIDER_KEY,
         "SIDECAR_STATIC_KEYS_FILE": keys_file,
         "SIDECAR_AUDIT_LOG": str(tmp_path / "audit.log"),
+        "SIDECAR_FORWARD_HEADERS": "x-dev-upstream-stream-delay-ms",  # forwarding is by allowlist
     }
     proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=env, stderr=subprocess.PIPE)
     try:

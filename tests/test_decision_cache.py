@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
+import pytest
+
 from sidecar.policy import bundle as bundles
-from sidecar.policy.cache import input_paths
+from sidecar.policy.cache import DecisionCache, InputReads, input_paths, input_reads
 from sidecar.policy.embedded import EmbeddedEngine
 from tests.conftest import BUNDLE
 from tests.test_engines import corpus
@@ -25,13 +28,39 @@ def test_paths_of_the_shipped_bundle() -> None:
 
 
 def test_unknowable_reads_turn_caching_off(tmp_path: Path) -> None:
-    assert input_paths(_bundle(tmp_path, "package x\n\nd := input\n")) is None
-    assert input_paths(_bundle(tmp_path, 'package x\n\nd := input["request"]\n')) is None
-    assert input_paths(_bundle(tmp_path, "package x\n\nd := time.now_ns()\n")) is None
-    # Comments and strings do not count as reads.
-    assert input_paths(
-        _bundle(tmp_path, 'package x\n\n# input\nd := "input"\ne := input.a[k] if k := "b"\n')
-    ) == [("a",)]
+    for rego in [
+        "d := input",
+        "d := input[k] if k := data.k",
+        "d := time.now_ns()",
+        "d := json.marshal(input)",
+        'd := object.get(input, "a", 1)',
+        "d := x if { x := input; x.a }",
+        "d := v if walk(input, [_, v])",
+        "f(x) := x.a\nd := f(input)",
+        "d := v if { v := e with input as {} }\ne := input.a",
+        "d := v if { v := data.x.f(1) with data.x.f as rand.intn }\nf(n) := n",
+        "d := uuid.rfc4122(input.a)",
+        'd := net.lookup_ip_addr("x")',
+        "d := no_such_builtin(input.a)",
+    ]:
+        assert input_paths(_bundle(tmp_path, f"package x\n\n{rego}\n")) is None, rego
+
+
+def test_reads_are_taken_from_the_parsed_policy(tmp_path: Path) -> None:
+    def paths(rego: str) -> list[tuple[str, ...]] | None:
+        return input_paths(_bundle(tmp_path, f"package x\n\n{rego}\n"))
+
+    # Comments and strings are not reads; a `#` inside a string hides nothing.
+    assert paths('# input.z\nd := "input.y #"\ne := input.a[k] if k := "b"') == [("a",)]
+    assert paths('d if { input.a != "#"; input.b == 1 }  # input.c') == [("a",), ("b",)]
+    assert paths('d := `#"` if input["a"]["b-c"] == 1') == [("a", "b-c")]
+    # A computed or numeric index, an alias, a builtin or function argument: the whole subtree.
+    assert paths("d if { some k; input.h[k] == 1 }") == [("h",)]
+    assert paths("d := input.a[0].b") == [("a",)]
+    assert paths("d if { r := input.r; r.m == 1 }") == [("r",)]
+    assert paths("d := count(input.t)\nf(s) := s.sub\ne := f(input.s)") == [("s",), ("t",)]
+    assert paths("import input.s as who\nd := who.sub") == [("s",)]
+    assert paths("d := v if { v := input.v with data.x as input.w }") == [("v",), ("w",)]
 
 
 async def test_cached_decisions_equal_fresh_ones_over_the_corpus() -> None:
@@ -102,3 +131,61 @@ async def test_shipped_policy_keeps_hitting_while_budgets_move() -> None:
             doc["request"]["model"] = model
             assert await engine.evaluate(doc) == await fresh.evaluate(doc)  # type: ignore[arg-type]
     assert engine.cache.hits >= 19  # the cheap model's decision is reused across every budget state
+
+
+def test_volatile_reads_coverage_cannot_see_are_always_keyed(tmp_path: Path) -> None:
+    def reads(rego: str) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+        found = input_reads(_bundle(tmp_path, f"package x\n\n{rego}\n"))
+        assert found is not None
+        return found.stable, sorted(found.volatile)
+
+    # Coverage can tell whether these ran: keyed only by the evaluations that read them.
+    assert reads("d := input.time.now") == ([], [("time", "now")])
+    assert reads("d if {\n  x :=\n    input.budget.a\n  x > 1\n}") == ([], [("budget", "a")])
+    # An `else` value, a comprehension term, a rule head key: not in regorus's coverage report.
+    assert reads("d := 1 if { false } else := input.request.id") == ([("request", "id")], [])
+    assert reads("d := [input.budget.w | true]") == ([("budget", "w")], [])
+    assert reads("d[input.time.now] := 1") == ([("time", "now")], [])
+    # A prefix of a volatile path keys its whole subtree, always.
+    assert reads("d := count(input.request)") == ([("request",)], [])
+
+
+def test_a_volatile_line_the_coverage_report_cannot_show_turns_the_cache_off() -> None:
+    reads = InputReads([("request", "model")], {("budget",): frozenset({("p.rego", 9)})})
+    report = {"files": [{"path": "p.rego", "covered": [3], "not_covered": [4, 5]}]}
+    cache = DecisionCache(reads, 10, _unconfirmed={"p.rego": {9}})
+    doc = {"request": {"model": "a"}, "budget": {"x": 1}}
+    key = cache.key(doc)
+    assert key is not None
+    cache.put(key, doc, {"allow": True}, {"files": []})  # p.rego did not run: nothing to check yet
+    assert cache.enabled and cache.get(key, doc) == (True, {"allow": True})
+    cache.put(key, doc, {"allow": True}, report)  # line 9 is neither covered nor not covered
+    assert not cache.enabled and cache.refusal and "[9]" in cache.refusal
+    assert cache.key(doc) is None and not cache._data
+
+
+async def test_the_shipped_bundle_confirms_its_volatile_lines() -> None:
+    engine = EmbeddedEngine(bundles.load(BUNDLE), "sidecar/decision", cache_entries=100)
+    assert engine.cache.reads is not None and engine.cache.reads.volatile
+    for doc in corpus()[:20]:
+        await engine.evaluate(doc)  # type: ignore[arg-type]
+    assert engine.cache.enabled and engine.cache._unconfirmed == {}
+
+
+def test_null_and_a_missing_field_are_different_keys() -> None:
+    cache = DecisionCache(InputReads([("a", "b")], {}), 10)
+    keys = {cache.key(doc) for doc in [{}, {"a": None}, {"a": {}}, {"a": {"b": None}}, {"a": {"b": 0}}]}
+    assert len(keys) == 3  # absent, absent, absent, null, 0: `input.a.b` is undefined in the first three
+
+
+def test_a_refused_bundle_runs_uncached_and_says_why_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rego = 'package sidecar\n\ndecision := {"allow": contains(json.marshal(input), "x")}\n'
+    with caplog.at_level(logging.WARNING, logger="sidecar.policy.embedded"):
+        engine = EmbeddedEngine(_bundle(tmp_path, rego), "sidecar/decision", cache_entries=100)
+    assert not engine.cache.enabled and engine.cache.refusal == "p.rego:3: reads `input` as a whole"
+    assert [r.getMessage() for r in caplog.records] == [
+        "decision cache off for this bundle: p.rego:3: reads `input` as a whole"
+    ]
+    assert EmbeddedEngine(_bundle(tmp_path, rego), "sidecar/decision").cache.refusal is None  # 0: off

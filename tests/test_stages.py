@@ -84,7 +84,7 @@ async def test_inspect_reads_and_summarises(aiohttp_client: AiohttpClient, tmp_p
         "tools": [{"type": "function"}, {"type": "web_search"}],
     }
     got = await (await client.post("/", json=body)).json()
-    assert got == {"kind": "json", "size": len(json.dumps(body)), "model": "gpt-4o", "stream": True, "limit": 9,
+    assert got == {"kind": "json", "size": len(json.dumps(body, separators=(",", ":"))), "model": "gpt-4o", "stream": True, "limit": 9,
                    "field": "max_tokens", "tools": ["function", "web_search"]}  # fmt: skip
     assert (await (await client.get("/")).json())["kind"] == "none"
     form_data = aiohttp.FormData()
@@ -118,7 +118,9 @@ async def test_forward_replaces_credentials_and_strips_hop_by_hop(
     )
     forwarder = Forwarder(settings)
     await forwarder.start()
-    call = Call(id="req_1", method="POST", path="/v1/responses", trace_id="a" * 32, span_id="b" * 16)
+    call = Call(
+        id="req_1", method="POST", path="/v1/responses", query="x=1", trace_id="a" * 32, span_id="b" * 16
+    )
     try:
         request = _mocked("POST", "/v1/responses?x=1", {
             "Authorization": "Bearer ck-1", "Cookie": "s=1", "X-End-User-Token": "t", "Connection": "close",

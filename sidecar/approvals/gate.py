@@ -22,6 +22,7 @@ from aiohttp import web
 
 from sidecar.approvals import model
 from sidecar.approvals.model import Approval, ApprovalError
+from sidecar.approvals.spool import SpooledBody, spool_limit
 from sidecar.approvals.store import ApprovalStore
 from sidecar.budget.store import StoreUnavailable
 from sidecar.config import Settings
@@ -29,6 +30,7 @@ from sidecar.documents import ApprovalDoc, Decision
 from sidecar.errors import SidecarError, no_retry
 from sidecar.pipeline.context import ApprovalTicket, Call
 from sidecar.pipeline.inspect import Payload
+from sidecar.pipeline.receive import chunks
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class Approvals:
         self._notifier = notifier or Notifier(settings)
         # A claim outlives the longest a forwarded call can take; a crashed holder's claim then lapses.
         self._claim_seconds = settings.upstream_connect_timeout + settings.upstream_read_timeout + 60
+        self._spool_limit = spool_limit(settings.approval_spool_bytes, settings.max_upload_bytes)
         # Pending approvals per tenant, for the metrics gauge (which must be read synchronously): counted
         # from the store every PENDING_REFRESH seconds, and bumped at once when this sidecar asks for one.
         self.pending: Counter[str] = Counter()
@@ -106,13 +109,29 @@ class Approvals:
                 await asyncio.wait_for(stop.wait(), every)
 
     async def lookup(self, call: Call, request: web.Request, payload: Payload) -> ApprovalDoc:
-        """Bind the call to its fingerprint and report the approval it would use (SPEC §3 `approval`)."""
-        if payload.kind == "stream":  # an upload streamed through: bound by its type and declared size
-            digest = model.body_hash(payload.content_type, str(payload.size).encode(), None)
+        """Bind the call to its fingerprint and report the approval it would use (docs/policy-input.md)."""
+        upload: SpooledBody | None = None
+        if payload.kind == "stream":  # a gated upload is read in full: its approval binds every byte
+            upload = await SpooledBody.fill(
+                chunks(request, self._settings.client_body_timeout),  # stall-timed, framing checked
+                self._spool_limit,
+                self._settings.approval_spool_dir,
+            )
+            digest = upload.sha256
         else:
-            digest = model.body_hash(payload.content_type, payload.raw, payload.doc)
-        ticket = ApprovalTicket(model.fingerprint(call.method, request.path_qs, call.subject.tenant, digest))
-        call.approval = ticket
+            digest = model.body_hash(payload.raw)  # JSON: the exact bytes forwarded (before masking/caps)
+        binding = model.Binding(
+            method=call.method,
+            path=call.path,
+            query=call.query,
+            tenant=call.subject.tenant,
+            organization=call.organization,
+            project=call.project,
+            content_type=payload.content_type,
+            body_sha256=digest,
+        )
+        ticket = ApprovalTicket(model.fingerprint(binding), upload=upload)
+        call.approval = ticket  # from here the proxy closes the spool when the call ends
         try:
             found = await self.store.find(ticket.fingerprint)
         except StoreUnavailable:
@@ -143,7 +162,9 @@ class Approvals:
                     ticket.id,
                 )
             if ticket.status == "pending" and ticket.id:
-                raise _held("approval_required", _pending_text(ticket.id), ticket.id)
+                raise _held(
+                    "approval_required", _pending_text(ticket.id, ticket.upload is not None), ticket.id
+                )
             if ticket.status == "denied" and ticket.id:
                 raise _held("approval_denied", f"Approval {ticket.id} was denied by an approver.", ticket.id)
             if ticket.status == "expired" and ticket.id:
@@ -158,7 +179,7 @@ class Approvals:
             raise store_down() from None
         except ApprovalError as exc:  # the approval vanished between lookup and claim: ask again
             raise _held("approval_required", str(exc), ticket.id or "") from None
-        raise _held("approval_required", _pending_text(approval.id), approval.id)
+        raise _held("approval_required", _pending_text(approval.id, ticket.upload is not None), approval.id)
 
     async def _request(self, call: Call, decision: Decision, ticket: ApprovalTicket) -> Approval:
         now = time.time()
@@ -174,7 +195,13 @@ class Approvals:
             approvers=list(decision.approvers),
             created_at=now,
             expires_at=now + self.store.ttl,
-            extra={"request_id": call.id},
+            # The rest of what the approval binds, so approvers see the query and where it is sent.
+            extra={
+                "request_id": call.id,
+                "query": call.query,
+                "organization": call.organization,
+                "project": call.project,
+            },
         )
         approval = await self.store.create(fresh)
         ticket.id, ticket.status = approval.id, approval.current(now)
@@ -208,10 +235,12 @@ class Approvals:
         await self.store.close()
 
 
-def _pending_text(approval_id: str) -> str:
+def _pending_text(approval_id: str, upload: bool) -> str:
+    # An upload is bound to its bytes as sent, and clients pick a new multipart boundary per request.
+    same = " (byte for byte: the same multipart boundary too)" if upload else ""
     return (
         f"This operation needs human approval. Approval {approval_id} is pending: an approver can run "
-        f"`sidecar approvals approve {approval_id}`; then send the identical request again."
+        f"`sidecar approvals approve {approval_id}`; then send the identical request again{same}."
     )
 
 

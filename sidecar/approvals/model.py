@@ -1,8 +1,9 @@
 """Approvals: what one looks like, how a request is bound to it, and the rules every store applies.
 
-An approval is bound to a fingerprint of the request (method, path with query, tenant, and a hash of the
-canonical body), so the approved call is exactly the one a human saw, and a changed body needs a new
-approval. The lifecycle, the same in both stores:
+An approval is bound to a fingerprint of everything the upstream acts on (a `Binding`: method, canonical
+path and query, tenant, forwarded organization and project, content type, and a hash of the body bytes as
+forwarded), so the approved call is exactly the one a human saw, and any change needs a new approval. The
+lifecycle, the same in both stores:
 
     pending ──approve──► approved ──claim──► (in use by one call) ──consume──► used
        │  └──deny──► denied              ▲          │ the call failed: release
@@ -44,16 +45,43 @@ def new_approval_id() -> str:
     return "apr_" + os.urandom(12).hex()
 
 
-def body_hash(content_type: str, raw: bytes, doc: dict[str, Any] | None) -> str:
-    """SHA-256 of the canonical body: sorted-key compact JSON for JSON, else the bytes as sent."""
-    if doc is not None:
-        return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return hashlib.sha256(content_type.encode() + b"\0" + raw).hexdigest()
+def body_hash(raw: bytes) -> str:
+    """SHA-256 of the body bytes exactly as forwarded (a multipart body with its boundary)."""
+    return hashlib.sha256(raw).hexdigest()
 
 
-def fingerprint(method: str, path_qs: str, tenant: str | None, body_sha256: str) -> str:
-    parts = "\n".join((method.upper(), path_qs, tenant or "", body_sha256))
-    return hashlib.sha256(parts.encode()).hexdigest()
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Everything the upstream acts on, which an approval is bound to."""
+
+    method: str
+    path: str  # canonical
+    query: str  # canonical, without "?"
+    tenant: str | None
+    organization: str | None  # OpenAI-Organization sent upstream
+    project: str | None  # OpenAI-Project sent upstream
+    content_type: str
+    body_sha256: str
+
+
+_BINDING_FIELDS = tuple(f.name for f in dataclasses.fields(Binding))
+_FINGERPRINT_VERSION = b"sidecar-approval-binding/2\0"
+
+
+def _encode(value: str | None) -> bytes:
+    # Length-prefixed, with None distinct from "": no two different tuples can encode the same way.
+    # surrogatepass keeps a lone surrogate distinct instead of failing (the encoding is injective on str).
+    if value is None:
+        return b"\0"
+    data = value.encode("utf-8", "surrogatepass")
+    return b"\1" + len(data).to_bytes(8, "big") + data
+
+
+def fingerprint(binding: Binding) -> str:
+    digest = hashlib.sha256(_FINGERPRINT_VERSION)
+    for name in _BINDING_FIELDS:
+        digest.update(_encode(getattr(binding, name)))
+    return digest.hexdigest()
 
 
 @dataclass(slots=True)

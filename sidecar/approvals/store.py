@@ -17,7 +17,7 @@ from redis.exceptions import WatchError
 
 from sidecar.approvals.model import Approval, ApprovalError, Status, keep_until, lookup
 from sidecar.config import Settings
-from sidecar.redis_conn import bounded, connect
+from sidecar.redis_conn import PooledRedis, bounded, connect
 
 _T = TypeVar("_T")
 # A mutation: change the approval in place (as of `now`); return a result and whether to unlink its
@@ -157,7 +157,9 @@ class RedisApprovalStore:
         return f"{self._prefix}apr:index"
 
     async def _bounded(self, work: Callable[[], Awaitable[_T]]) -> _T:
-        return await bounded(work, max(self._timeout, 2.0))
+        # On the budget store's client, its connection slots: the pool has no connection beyond them.
+        slots = self._redis.slots if isinstance(self._redis, PooledRedis) else None
+        return await bounded(work, max(self._timeout, 2.0), slots)
 
     async def _transact(self, keys: list[str], body: Callable[[Pipeline], Awaitable[_T]]) -> _T:
         """Run `body(pipe)` under WATCH of `keys`, retrying when another replica changed them meanwhile."""

@@ -23,7 +23,6 @@ Key layout, with P = key_prefix and T = tenant (the `{T}` hash tag keeps a tenan
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from functools import reduce
 from typing import Any, TypeVar
@@ -240,9 +239,8 @@ class RedisBudgetStore:
     def __init__(
         self, url: str, key_prefix: str = "sidecar:", *, timeout: float = 0.5, max_connections: int = 64
     ) -> None:
-        # The semaphore bounds the connections in use (cheaper than BlockingConnectionPool).
         self.redis = connect(url, timeout, max_connections)
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = self.redis.slots  # shared with the approval store on this client
         self._timeout = timeout
         self._prefix = key_prefix
         self._reserve = self.redis.register_script(_lua(_RESERVE))

@@ -142,7 +142,7 @@ class WindowState:
         return cls(window, limit, used, max(0, limit - used), to_utc(resets_at))
 
     def as_doc(self) -> WindowDoc:
-        """This window as SPEC §3 `input.budget.windows.<window>`."""
+        """This window as `input.budget.windows.<window>` (docs/policy-input.md)."""
         return {
             "limit": self.limit,
             "used": self.used,
@@ -152,7 +152,7 @@ class WindowState:
 
 
 def budget_doc(tenant: str | None, states: Mapping[str, WindowState]) -> BudgetDoc:
-    """SPEC §3 `input.budget` from a snapshot."""
+    """`input.budget` (docs/policy-input.md) from a snapshot."""
     return {"tenant": tenant, "windows": {name: state.as_doc() for name, state in states.items()}}
 
 

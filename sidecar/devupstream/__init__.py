@@ -27,9 +27,15 @@ SSE events), `x-dev-upstream-drop: 1` (close the connection without a response),
 `x-dev-upstream-stream-fail: 1` (error event mid-stream), `x-dev-upstream-reply: <text>` (answer this text),
 `x-dev-upstream-tool-args: <json>` (use these tool-call arguments).
 
+Like OpenAI: a wrong API key gets a 401 that quotes the key's first 8 and last 4 characters (in the
+message, and here also in `WWW-Authenticate`; as plain text for `Accept: text/plain`), and every `/v1`
+response names the account in `openai-organization` / `openai-project` (the request's
+OpenAI-Organization / -Project, else `org-devupstream` / `proj_devupstream`).
+
 Test endpoints (never behind `--api-key`, never logged or counted):
 - `GET /_dev/requests[?path=/v1/...]`: the last 1000 requests, oldest first, each
-  `{"seq", "time", "method", "path", "query", "headers": {lower-case name: value}, "body": raw text
+  `{"seq", "time", "method", "path", "query", "raw_path" (the request target as received, byte for byte),
+  "headers": {lower-case name: value}, "body": raw text
   ("" for multipart uploads), "body_bytes", "status" (0 when dropped)}`; `DELETE /_dev/requests` clears it
   and answers `{"cleared": n}`.
 - `GET /_dev/stats`: `{"requests", "streams_started", "streams_completed", "streams_cancelled"}` (a stream

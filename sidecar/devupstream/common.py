@@ -24,6 +24,12 @@ HDR_DROP = "x-dev-upstream-drop"
 HDR_STREAM_FAIL = "x-dev-upstream-stream-fail"
 HDR_REPLY = "x-dev-upstream-reply"
 HDR_TOOL_ARGS = "x-dev-upstream-tool-args"
+# All of them: a sidecar in front of the dev upstream forwards them only when told to
+# (SIDECAR_FORWARD_HEADERS), as its forwarding is by allowlist.
+TEST_HEADERS = (HDR_FAIL, HDR_DELAY, HDR_STREAM_DELAY, HDR_DROP, HDR_STREAM_FAIL, HDR_REPLY, HDR_TOOL_ARGS)
+# The account headers OpenAI answers with: the caller's OpenAI-Organization / -Project, else these.
+DEFAULT_ORGANIZATION = "org-devupstream"
+DEFAULT_PROJECT = "proj_devupstream"
 
 ECHO_PREFIX = "Echo: "
 TOOL_RESULT_PREFIX = "Tool result: "

@@ -13,6 +13,8 @@ from aiohttp import web
 
 from . import chat, misc, responses
 from .common import (
+    DEFAULT_ORGANIZATION,
+    DEFAULT_PROJECT,
     HDR_DELAY,
     HDR_DROP,
     HDR_FAIL,
@@ -53,6 +55,7 @@ async def _record(request: web.Request, state: DevState) -> JSON:
         "method": request.method,
         "path": request.path,
         "query": request.query_string,
+        "raw_path": request.raw_path,  # the request target exactly as received (path and query)
         "headers": headers,
         "body": body_text,
         "body_bytes": body_bytes,
@@ -83,9 +86,19 @@ def _check_auth(request: web.Request, api_key: str) -> web.Response | None:
         message = (
             "You didn't provide an API key. You need to provide your API key in an Authorization header."
         )
+        return error_response(401, message, code="invalid_api_key")
+    # As OpenAI does: the key's first 8 and last 4 characters, in the body and (here) a header too.
+    shown = f"{token[:8]}{'*' * max(len(token) - 12, 4)}{token[-4:]}" if len(token) > 12 else "****"
+    message = (
+        f"Incorrect API key provided: {shown}. "
+        "You can find your API key at https://platform.openai.com/account/api-keys."
+    )
+    if request.headers.get("Accept") == "text/plain":  # as a gateway in front of the API might answer
+        resp = web.Response(status=401, text=message)
     else:
-        message = "Incorrect API key provided."
-    return error_response(401, message, code="invalid_api_key")
+        resp = error_response(401, message, code="invalid_api_key")
+    resp.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", error_description="{shown}"'
+    return resp
 
 
 @web.middleware
@@ -124,6 +137,11 @@ async def dev_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     if "x-request-id" not in response.headers:
         response.headers["x-request-id"] = state_of(request).next_id("req_")
+    if not request.path.startswith("/_dev/"):  # the account the call was billed to, as OpenAI says
+        response.headers["openai-organization"] = request.headers.get(
+            "OpenAI-Organization", DEFAULT_ORGANIZATION
+        )
+        response.headers["openai-project"] = request.headers.get("OpenAI-Project", DEFAULT_PROJECT)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def subject_from_claims(claims: dict[str, Any], tenant_claim: str, groups_claim:
 
 
 def user_from_claims(claims: dict[str, Any], groups_claim: str) -> UserDoc:
-    """SPEC §3 `subject.user`: who the end user is, for policies on user-initiated calls."""
+    """`input.subject.user` (docs/policy-input.md): the end user, for policies on user-initiated calls."""
     email = claims.get("email")
     return {
         "sub": _sub(claims),

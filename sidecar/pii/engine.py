@@ -10,7 +10,7 @@ Modes:
 - "ner": the same plus spaCy `en_core_web_sm` (NER component only) for PERSON / LOCATION / ...
 Context words work in both (`recognizers.WindowContextEnhancer` reads the raw text, not lemmas).
 After Presidio: allow list, `filters` (negative context, implausible NER spans), then overlap
-resolution. Texts over `chunk_chars` are analysed in overlapping chunks.
+resolution. Texts over `chunk_chars` are analysed in overlapping windows (`spans`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import metadata
@@ -32,6 +32,8 @@ import yaml
 from sidecar.pii import filters
 from sidecar.pii import recognizers as rec
 from sidecar.pii.filters import DEFAULT_ALLOW_LIST
+from sidecar.pii.spans import MIN_WINDOW, batches, merge, resolve, windows
+from sidecar.pii.spans import Span as Span  # noqa: PLC0414  (re-exported for the package)
 
 MODES = ("patterns", "ner")
 
@@ -54,27 +56,19 @@ SUPPORTED_ENTITIES = rec.BUILTIN_ENTITIES
 # region). Brazil, in Presidio's default list, turns "555-201-3344"-shaped order numbers into phones.
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "IN", "AU")
 
-# Texts longer than this are analysed in overlapping chunks: NER memory grows with the document
+# Texts longer than this are analysed in overlapping windows: NER memory grows with the document
 # (about 800 MB for one 200 KB text) and spaCy refuses texts over `nlp.max_length`.
 DEFAULT_CHUNK_CHARS = 20_000
-_CHUNK_OVERLAP = 200
+MAX_CHUNK_CHARS = 1_000_000  # spaCy's own default `max_length`
 
 # Bump when the engine's own logic (filters, conflict resolution, recognizers) changes results.
 ENGINE_REVISION = 1
 
-_Piece = tuple[int, int, str]  # (index of the text, offset in it, chunk)
+_Piece = tuple[int, int, str]  # (index of the text, index of the window, the window's text)
 
 _ENTITY_NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 _CONFIG_KEYS = frozenset({"entities", "allow_list", "recognizers", "phone_regions", "default_allow_list"})
 _RECOGNIZER_KEYS = frozenset({"name", "entity", "patterns", "deny_list", "context"})
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    entity: str  # Presidio entity type, e.g. "EMAIL_ADDRESS"
-    start: int
-    end: int
-    score: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +104,8 @@ class PiiConfig:
             raise ValueError(f"pii mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"pii score_threshold must be within [0, 1], not {self.score_threshold}")
-        if self.chunk_chars < 1_000:
-            raise ValueError("pii chunk_chars must be at least 1000")
+        if not MIN_WINDOW <= self.chunk_chars <= MAX_CHUNK_CHARS:
+            raise ValueError(f"pii chunk_chars must be within [{MIN_WINDOW}, {MAX_CHUNK_CHARS}]")
         names = [r.name for r in self.custom_recognizers]
         if len(set(names)) != len(names):
             raise ValueError(f"pii recognizers: duplicate names in {names}")
@@ -139,12 +133,18 @@ class PiiConfig:
         return frozenset(self.allow_list) | frozenset(defaults)
 
     @classmethod
-    def load(cls, mode: str, score_threshold: float, config_file: str | None) -> PiiConfig:
+    def load(
+        cls,
+        mode: str,
+        score_threshold: float,
+        config_file: str | None,
+        chunk_chars: int = DEFAULT_CHUNK_CHARS,
+    ) -> PiiConfig:
         """`config_file`: optional YAML with keys `entities`, `allow_list`, `recognizers` (list of
         {name, entity, patterns: [{regex, score}], deny_list: [...], context: [...]}), and optionally
         `phone_regions` and `default_allow_list` (bool). Raises ValueError on anything malformed."""
         if config_file is None:
-            return cls(mode=mode, score_threshold=score_threshold)
+            return cls(mode=mode, score_threshold=score_threshold, chunk_chars=chunk_chars)
         try:
             raw = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
         except OSError as exc:
@@ -152,12 +152,12 @@ class PiiConfig:
         except yaml.YAMLError as exc:
             raise ValueError(f"pii config {config_file}: invalid YAML: {exc}") from exc
         try:
-            return cls._from_mapping(mode, score_threshold, {} if raw is None else raw)
+            return cls._from_mapping(mode, score_threshold, {} if raw is None else raw, chunk_chars)
         except ValueError as exc:
             raise ValueError(f"pii config {config_file}: {exc}") from exc
 
     @classmethod
-    def _from_mapping(cls, mode: str, score_threshold: float, raw: object) -> PiiConfig:
+    def _from_mapping(cls, mode: str, score_threshold: float, raw: object, chunk_chars: int) -> PiiConfig:
         if not isinstance(raw, dict):
             raise ValueError("the top level must be a mapping")
         unknown = sorted(set(raw) - _CONFIG_KEYS)
@@ -185,7 +185,7 @@ class PiiConfig:
             if not isinstance(items, list):
                 raise ValueError("recognizers must be a list")
             kwargs["custom_recognizers"] = tuple(_recognizer(item, i) for i, item in enumerate(items))
-        return cls(mode=mode, score_threshold=score_threshold, **kwargs)
+        return cls(mode=mode, score_threshold=score_threshold, chunk_chars=chunk_chars, **kwargs)
 
     def fingerprint(self) -> str:
         """A stable hash of everything that changes detection results (mode, threshold, entities,
@@ -281,7 +281,7 @@ class Detector:
         if not recognizers:  # e.g. `entities: []` and no custom recognizers: nothing can match
             return
         registry = RecognizerRegistry(recognizers=recognizers, supported_languages=["en"])
-        nlp_engine = rec.build_nlp_engine(config.mode, max_length=config.chunk_chars + 2 * _CHUNK_OVERLAP)
+        nlp_engine = rec.build_nlp_engine(config.mode, max_length=config.chunk_chars + 1)
         self._analyzer = AnalyzerEngine(
             registry=registry,
             nlp_engine=nlp_engine,
@@ -298,19 +298,18 @@ class Detector:
     def analyze_batch(self, texts: Sequence[str]) -> list[list[Span]]:
         """`[analyze(t) for t in texts]`, but spaCy runs the texts in batches of up to `chunk_chars`
         characters: about twice as fast for many short texts in "ner" mode, same peak memory."""
-        found: list[set[Span]] = [set() for _ in texts]
         if self._analyzer is None:
             return [[] for _ in texts]
-        pieces = [
-            (i, offset, chunk)
-            for i, text in enumerate(texts)
-            if text.strip()
-            for offset, chunk in _chunks(text, self.config.chunk_chars, _CHUNK_OVERLAP)
+        size = self.config.chunk_chars
+        wins = [windows(text, size) if text.strip() else [] for text in texts]
+        found: list[list[list[Span]]] = [[[] for _ in ws] for ws in wins]
+        pieces: list[_Piece] = [
+            (i, j, texts[i][w.start : w.end]) for i, ws in enumerate(wins) for j, w in enumerate(ws)
         ]
-        for group in _batches(pieces, self.config.chunk_chars):
+        for group in batches(pieces, lambda piece: len(piece[2]), size):
             chunks = [chunk for _, _, chunk in group]
             artifacts = self._analyzer.nlp_engine.process_batch(chunks, language="en", batch_size=len(group))
-            for (i, offset, chunk), (_, nlp_artifacts) in zip(group, artifacts, strict=True):
+            for (i, j, chunk), (_, nlp_artifacts) in zip(group, artifacts, strict=True):
                 results = self._analyzer.analyze(
                     text=chunk,
                     language="en",
@@ -318,10 +317,9 @@ class Detector:
                     score_threshold=self.config.score_threshold,
                     nlp_artifacts=nlp_artifacts,
                 )
-                for r in results:
-                    start, end = int(r.start) + offset, int(r.end) + offset
-                    found[i].add(Span(str(r.entity_type), start, end, float(r.score)))
-        return [_resolve([s for s in spans if self._plausible(texts[i], s)]) for i, spans in enumerate(found)]
+                spans = {Span(str(r.entity_type), int(r.start), int(r.end), float(r.score)) for r in results}
+                found[i][j] = resolve([s for s in spans if self._plausible(chunk, s)])
+        return [merge(ws, spans) if ws else [] for ws, spans in zip(wins, found, strict=True)]
 
     def warm_up(self) -> None:
         """Load what Presidio loads lazily (phone metadata of every country: ~100 ms, 1 MB) and run
@@ -341,54 +339,3 @@ class Detector:
         if not filters.plausible_ner_span(span.entity, value):
             return False
         return not filters.negative_context(text, span.start, span.entity)
-
-
-def _resolve(spans: list[Span]) -> list[Span]:
-    """Keep the best of overlapping spans: pattern entities (validated, structured) over NER ones
-    (so no PERSON inside an email), then higher score, then longer (an email over the URL in it)."""
-    ranked = sorted(
-        spans,
-        key=lambda s: (s.entity in rec.NER_ENTITIES, -s.score, -(s.end - s.start), s.start, s.entity),
-    )
-    kept: list[Span] = []
-    for span in ranked:
-        if all(span.end <= k.start or span.start >= k.end for k in kept):
-            kept.append(span)
-    return sorted(kept, key=lambda s: s.start)
-
-
-_SPACE = re.compile(r"\s")
-
-
-def _batches(pieces: list[_Piece], max_chars: int) -> Iterator[list[_Piece]]:
-    """Consecutive groups of pieces holding at most `max_chars` characters (or one larger piece)."""
-    group: list[_Piece] = []
-    size = 0
-    for piece in pieces:
-        if group and size + len(piece[2]) > max_chars:
-            yield group
-            group, size = [], 0
-        group.append(piece)
-        size += len(piece[2])
-    if group:
-        yield group
-
-
-def _chunks(text: str, size: int, overlap: int) -> Iterator[tuple[int, str]]:
-    """(offset, chunk) pieces of at most about `size` chars, cut at a newline or space where possible,
-    each overlapping the previous one by about `overlap` chars so no short entity is cut in two."""
-    start, n = 0, len(text)
-    while True:
-        end = min(n, start + size)
-        if end < n:
-            cut = text.rfind("\n", start + size // 2, end)
-            if cut < 0:
-                cut = text.rfind(" ", start + size // 2, end)
-            if cut > start:
-                end = cut + 1
-        yield start, text[start:end]
-        if end >= n:
-            return
-        back = end - overlap
-        space = _SPACE.search(text, back, end)
-        start = space.end() if space else back

@@ -192,7 +192,7 @@ def collect_output(doc: dict[str, Any]) -> Fields:
 
 
 def collect(operation: str, doc: dict[str, Any]) -> Fields:
-    """The user-content fragments of a request, by operation (SPEC §6 names)."""
+    """The user-content fragments of a request, by operation (docs/operations.md names)."""
     fields = Fields(doc)
     if operation in ("responses.create", "responses.input_tokens", "responses.compact"):
         fields.text(("instructions",), doc.get("instructions"))

@@ -1,110 +1,336 @@
-"""Detection off the event loop: a process pool of Presidio detectors, and a cache of results.
+"""Detection off the event loop: a process pool of Presidio detectors that replaces itself when a worker
+dies, and a cache of results.
 
 spaCy holds the GIL, so threads would not add throughput and would stall the loop; processes do both.
 Workers are recycled after `max_tasks_per_child` tasks because spaCy's string store only grows. One pool
 serves every sidecar in a process (keyed by configuration), so tests and reloads do not pay start-up twice.
+
+Bounded tasks: a task holds at most `chunk_chars` characters (long texts are cut into overlapping windows,
+`sidecar.pii.spans`), and one call has at most `workers` tasks queued or running, so a huge request needs
+no huge worker, and the calls behind it take turns with it instead of waiting for all of it.
+
+Replacement: one dead worker (the OOM killer, a crash, a kill) breaks the whole `ProcessPoolExecutor`:
+every task on it fails and it takes no more. The pool's keeper thread notices within `_POLL` seconds (or a
+failed call tells it), waits out a backoff, starts a new executor and warms it; only the keeper starts
+executors, so there is one rebuild however many calls fail, and at most `workers` live processes per
+executor. The backoff is none for a first break, then 0.5 s doubling up to SIDECAR_PII_RESTART_BACKOFF_MAX
+while breaks keep coming (back to none after twice that long without one), so an agent that kills workers
+on purpose gets at most one rebuild per backoff period. Calls on the broken executor fail with 503
+`pii_unavailable` (reason `worker_died`); calls that arrive meanwhile wait for the new one within
+SIDECAR_PII_TIMEOUT (then reason `restarting`); `status()` feeds /readyz.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
 import hashlib
+import logging
 import multiprocessing
 import os
-import signal
-import sys
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-from sidecar.pii.engine import Detector, PiiConfig, Span
+from sidecar.deadline import PerLoop, within
+from sidecar.errors import SidecarError
+from sidecar.pii import worker
+from sidecar.pii.engine import PiiConfig, Span
+from sidecar.pii.spans import batches, merge, windows
 
-_detector: Detector | None = None
+log = logging.getLogger(__name__)
 
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """On Linux, have the kernel SIGTERM this worker when the sidecar dies, even by SIGKILL: an orphaned
-    worker would otherwise keep its model's memory (and any inherited pipes) forever."""
-    if not sys.platform.startswith("linux"):
-        return
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the sidecar died before the request took effect
-        os._exit(0)
+_POLL = 0.25  # seconds between the keeper's looks for a broken executor
+_BACKOFF_FIRST = 0.5  # the wait before a rebuild that follows a recent one; doubles while breaks continue
+_SPLIT_FROM = 4096  # characters: less than this goes to one worker (a second round trip costs more)
+_Piece = tuple[int, int, str]  # (index of the text, index of the window, the window's text)
 
 
-def _init_worker(config: PiiConfig, parent: int) -> None:
-    global _detector  # noqa: PLW0603  (one detector per worker process, built by the pool initializer)
-    _die_with_parent(parent)
-    _detector = Detector(config)
-    _detector.warm_up()
+@dataclass(slots=True)
+class PiiUnavailable(SidecarError):
+    """503 `pii_unavailable`; `reason` (worker_died, restarting, timeout, memory_limit, detector_error)
+    goes to the audit record."""
+
+    reason: str = ""
 
 
-def _analyze(texts: Sequence[str]) -> list[list[Span]]:
-    assert _detector is not None
-    return _detector.analyze_batch(texts)
+def unavailable(reason: str, message: str, *, retry: bool = True) -> PiiUnavailable:
+    headers = {"retry-after": "1"} if retry else {"x-should-retry": "false"}
+    return PiiUnavailable(503, "pii_unavailable", message, headers, reason=reason)
+
+
+def _pending() -> Future[None]:
+    """A future that waiters cannot cancel for one another (a running future ignores `cancel`)."""
+    future: Future[None] = Future()
+    future.set_running_or_notify_cancel()
+    return future
+
+
+def _broken(executor: ProcessPoolExecutor) -> bool:
+    # `_broken` is private, but set by the executor itself the moment it sees a worker die (CPython 3.3+).
+    return bool(getattr(executor, "_broken", False))
 
 
 class DetectorPool:
-    _shared: dict[tuple[str, int, int], DetectorPool] = {}
+    _shared: dict[tuple[Any, ...], DetectorPool] = {}
 
-    def __init__(self, config: PiiConfig, workers: int, max_tasks_per_child: int) -> None:
+    def __init__(
+        self,
+        config: PiiConfig,
+        workers: int,
+        max_tasks_per_child: int,
+        memory_mb: int = 0,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.config = config
         self.workers = max(1, workers)
-        self._executor = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(config, os.getpid()),
-            max_tasks_per_child=max_tasks_per_child,
-        )
+        self._max_tasks = max_tasks_per_child
+        self._initargs = (config, os.getpid(), memory_mb)
+        self._backoff_max = backoff_max
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._executor: ProcessPoolExecutor | None = None
+        self._need_executor = True
+        self._ready = _pending()
+        self._delay = 0.0
+        self._last_break = -float("inf")
+        self.generation = 0  # executors started so far
+        self.state = "starting"  # then ready; restarting after a break; failed if the first never warmed
+        # Free workers, per event loop (the pool is shared; a semaphore is bound to its loop).
+        self._free = PerLoop(lambda loop: asyncio.Semaphore(self.workers))
+        # The kernel ties a worker's PR_SET_PDEATHSIG to the thread that started it, so executors are
+        # started here, on a thread as long-lived as the pool, never on a short-lived one.
+        threading.Thread(target=self._keep, name="pii-pool-keeper", daemon=True).start()
 
     @classmethod
-    def shared(cls, config: PiiConfig, workers: int, max_tasks_per_child: int) -> DetectorPool:
-        key = (config.fingerprint(), workers, max_tasks_per_child)
+    def shared(
+        cls,
+        config: PiiConfig,
+        workers: int,
+        max_tasks_per_child: int,
+        memory_mb: int = 0,
+        backoff_max: float = 30.0,
+    ) -> DetectorPool:
+        key = (config.fingerprint(), workers, max_tasks_per_child, memory_mb, backoff_max)
         pool = cls._shared.get(key)
         if pool is None:
-            pool = cls._shared[key] = cls(config, workers, max_tasks_per_child)
+            pool = cls._shared[key] = cls(config, workers, max_tasks_per_child, memory_mb, backoff_max)
         return pool
 
     async def warm_up(self) -> None:
-        """Start every worker (each builds and warms its detector) before the first call needs one."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *[loop.run_in_executor(self._executor, _analyze, ["warm up"]) for _ in range(self.workers)]
-        )
+        """Wait until every worker has built and warmed its detector; raise if the first ones never could."""
+        await self._working()
 
-    async def analyze(self, texts: list[str]) -> list[list[Span]]:
-        """Spans for each text, spread over the workers in batches of similar size."""
-        if not texts:
-            return []
-        loop = asyncio.get_running_loop()
-        batches = _split(texts, self.workers)
-        results = await asyncio.gather(*[loop.run_in_executor(self._executor, _analyze, b) for b in batches])
-        return [spans for batch in results for spans in batch]
+    def status(self) -> dict[str, Any]:
+        return {
+            "ok": self.state == "ready",
+            "state": self.state,
+            "restarts": max(0, self.generation - 1),
+            "workers": len(self.pids()),
+        }
+
+    def pids(self) -> list[int]:
+        """The current executor's worker processes (`_processes`: private, stable since CPython 3.2)."""
+        executor = self._executor
+        processes: dict[int, Any] = getattr(executor, "_processes", None) or {}
+        return list(processes.copy())
+
+    async def analyze(self, texts: list[str], seconds: float) -> list[list[Span]]:
+        """Spans for each text. Windows of long texts and batches of short ones are spread over the workers.
+        `PiiUnavailable` when the pool breaks or is not back within `seconds`; TimeoutError when a task
+        takes longer than `seconds` on its worker."""
+        size = self.config.chunk_chars
+        wins = [windows(text, size) if text.strip() else [] for text in texts]
+        found: list[list[Sequence[Span]]] = [[() for _ in ws] for ws in wins]
+        pieces: list[_Piece] = [
+            (i, j, texts[i][w.start : w.end]) for i, ws in enumerate(wins) for j, w in enumerate(ws)
+        ]
+        if pieces:
+            total = sum(len(piece[2]) for piece in pieces)
+            per_task = size if total < _SPLIT_FROM else min(size, -(-total // self.workers))
+            tasks = list(batches(pieces, lambda piece: len(piece[2]), per_task))
+            executor, generation = await self._ready_within(seconds)
+            results = await self._run(executor, generation, [[p[2] for p in task] for task in tasks], seconds)
+            for task, result in zip(tasks, results, strict=True):
+                for (i, j, _), spans in zip(task, result, strict=True):
+                    found[i][j] = spans
+        return [merge(ws, spans) if ws else [] for ws, spans in zip(wins, found, strict=True)]
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self.state = "closed"
+            executor, self._executor = self._executor, None
+            if not self._ready.done():
+                self._ready.set_exception(RuntimeError("the PII detector pool is shut down"))
+        self._stopped.set()
+        self._wake.set()
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
+    # --- calls ---------------------------------------------------------------------------------------
 
-def _split(texts: list[str], parts: int) -> list[list[str]]:
-    """Contiguous batches of roughly equal total length (order is kept)."""
-    total = sum(len(t) for t in texts)
-    if parts <= 1 or len(texts) == 1 or total < 4096:
-        return [texts]
-    target = total / parts
-    batches: list[list[str]] = [[]]
-    size = 0
-    for text in texts:
-        if size >= target and len(batches) < parts:
-            batches.append([])
-            size = 0
-        batches[-1].append(text)
-        size += len(text)
-    return batches
+    async def _ready_within(self, seconds: float) -> tuple[ProcessPoolExecutor, int]:
+        try:
+            return await within(seconds, self._working)
+        except TimeoutError:
+            raise unavailable(
+                "restarting",
+                "PII detection is restarting after a detector worker died, and was not back in time. "
+                "Retry shortly.",
+            ) from None
+
+    async def _working(self) -> tuple[ProcessPoolExecutor, int]:
+        """The current executor once it is warm (waiting through a rebuild)."""
+        while True:
+            with self._lock:
+                ready = self._ready
+            await asyncio.wrap_future(ready)
+            with self._lock:
+                executor, generation = self._executor, self.generation
+            if executor is not None and self.state == "ready":
+                if not _broken(executor):
+                    return executor, generation
+                self._mark_broken(generation, "a worker process died")  # before the keeper noticed
+
+    async def _run(
+        self, executor: ProcessPoolExecutor, generation: int, tasks: list[list[str]], seconds: float
+    ) -> list[list[list[Span]]]:
+        if len(tasks) == 1:
+            return [await self._on_worker(executor, generation, tasks[0], seconds)]
+        mine = asyncio.Semaphore(self.workers)  # this call's share: its other tasks wait behind later calls
+
+        async def one(task: list[str]) -> list[list[Span]]:
+            async with mine:
+                return await self._on_worker(executor, generation, task, seconds)
+
+        running = [asyncio.ensure_future(one(task)) for task in tasks]
+        try:
+            return await asyncio.gather(*running)
+        finally:
+            for future in running:  # after a failure, the rest of this call is not worth a worker
+                future.cancel()
+
+    async def _on_worker(
+        self, executor: ProcessPoolExecutor, generation: int, texts: list[str], seconds: float
+    ) -> list[list[Span]]:
+        # Submitted at once, so that no worker idles while the event loop is busy (gating the submit on
+        # the loop cost 4x the throughput under load). But the wait for a free worker is queueing inside
+        # the sidecar, not the detector's time: the executor runs tasks in order, so a task's clock starts
+        # once fewer than `workers` tasks submitted before it are unfinished (a FIFO semaphore), and it
+        # does not count the event loop's stalls (sidecar.deadline).
+        try:
+            done = asyncio.wrap_future(executor.submit(worker.analyze, texts))
+            try:
+                async with self._free.get():
+                    return await within(seconds, lambda: done)
+            finally:
+                done.cancel()  # given up (a timeout, the caller gone) before it ran: not worth a worker
+        except (BrokenExecutor, RuntimeError) as exc:
+            # A worker died under this task or another (the executor fails them all), or the keeper
+            # already shut this executor down for that reason.
+            if not isinstance(exc, BrokenExecutor) and "after shutdown" not in str(exc):
+                raise
+            self._mark_broken(generation, "a worker process died")
+            raise unavailable(
+                "worker_died",
+                "PII detection was interrupted: a detector worker process died. The scanner is being "
+                "restarted; retry the call.",
+            ) from None
+        except worker.WorkerOutOfMemory:
+            raise unavailable(
+                "memory_limit",
+                "PII detection ran out of memory on this request (SIDECAR_PII_WORKER_MEMORY_MB); "
+                "it was not forwarded.",
+                retry=False,
+            ) from None
+
+    # --- the keeper ----------------------------------------------------------------------------------
+
+    def _keep(self) -> None:
+        while not self._stopped.is_set():
+            if self._need_executor:
+                if self._delay and self._stopped.wait(self._delay):
+                    return
+                self._start_executor()
+            else:
+                executor = self._executor
+                if executor is not None and _broken(executor):
+                    self._mark_broken(self.generation, "a worker process died")
+            self._wake.wait(_POLL)
+            self._wake.clear()
+
+    def _start_executor(self) -> None:
+        with self._lock:
+            if self.state == "closed":
+                return
+            old = self._executor
+            executor = self._executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=worker.init,
+                initargs=self._initargs,
+                max_tasks_per_child=self._max_tasks,
+            )
+            self.generation += 1
+            generation = self.generation
+            self._need_executor = False
+        if old is not None:
+            old.shutdown(wait=False, cancel_futures=True)
+        try:  # one warm-up task per worker: each submit starts a process while none is idle
+            warming = [executor.submit(worker.analyze, ["warm up"]) for _ in range(self.workers)]
+        except RuntimeError as exc:  # BrokenProcessPool: a worker died already
+            self._mark_broken(generation, "a worker died while starting", exc)
+            return
+
+        def done(_: Future[list[list[Span]]]) -> None:
+            if all(f.done() for f in warming):
+                self._warmed(generation, warming)
+
+        for future in warming:
+            future.add_done_callback(done)
+
+    def _warmed(self, generation: int, warming: list[Future[list[list[Span]]]]) -> None:
+        failed = next((f for f in warming if f.cancelled() or f.exception() is not None), None)
+        if failed is not None:
+            exc = None if failed.cancelled() else failed.exception()
+            self._mark_broken(generation, f"warm-up failed: {exc!r}", exc)
+            return
+        with self._lock:
+            if generation != self.generation or self._need_executor or self._ready.done():
+                return
+            self.state = "ready"
+            self._ready.set_result(None)
+        if generation > 1:
+            log.warning("PII detector pool serving again", extra={"generation": generation})
+
+    def _mark_broken(self, generation: int, cause: str, exc: BaseException | None = None) -> None:
+        """Have the keeper replace executor `generation` (once, however many callers report it)."""
+        with self._lock:
+            if generation != self.generation or self._need_executor or self.state in ("failed", "closed"):
+                return
+            if self.state == "starting":  # the first executor never worked: an install or configuration fault
+                self.state = "failed"
+                self._ready.set_exception(exc or BrokenExecutor(cause))
+                return
+            self.state = "restarting"
+            self._need_executor = True
+            if self._ready.done():
+                self._ready = _pending()
+            now = time.monotonic()
+            quiet = now - self._last_break > 2 * self._backoff_max
+            self._delay = 0.0 if quiet else min(self._backoff_max, max(_BACKOFF_FIRST, 2 * self._delay))
+            self._last_break = now
+            delay = self._delay
+        log.error(
+            "PII detector pool broken; replacing it",
+            extra={"cause": cause, "generation": generation, "delay_s": delay},
+        )
+        self._wake.set()
 
 
 @atexit.register

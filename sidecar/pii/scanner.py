@@ -3,7 +3,6 @@ relay transforms that restore placeholders."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from sidecar.errors import SidecarError
 from sidecar.pii.engine import PiiConfig, Span
 from sidecar.pii.fields import Fields, collect
 from sidecar.pii.mask import Placeholders, mask_fields
-from sidecar.pii.pool import DetectorPool, SpanCache
+from sidecar.pii.pool import DetectorPool, PiiUnavailable, SpanCache, unavailable
 from sidecar.pii.respond import ChatStreamMask, Detect, JsonResponseMask, ResponsesStreamMask
 from sidecar.pii.restore import Restorer
 from sidecar.pii.transforms import ChatRestore, JsonRestore, ResponsesRestore
@@ -40,10 +39,19 @@ class PiiScan:
 class PresidioScanner:
     def __init__(self, settings: Settings) -> None:
         self.config = PiiConfig.load(
-            settings.pii_mode, settings.pii_score_threshold, settings.pii_config or None
+            settings.pii_mode,
+            settings.pii_score_threshold,
+            settings.pii_config or None,
+            settings.pii_max_chunk_chars,
         )
         self._settings = settings
-        self.pool = DetectorPool.shared(self.config, settings.pii_workers, settings.pii_max_tasks_per_child)
+        self.pool = DetectorPool.shared(
+            self.config,
+            settings.pii_workers,
+            settings.pii_max_tasks_per_child,
+            settings.pii_worker_memory_mb,
+            settings.pii_restart_backoff_max,
+        )
         self.cache = SpanCache(self.config.fingerprint(), settings.pii_cache_entries)
 
     async def start(self) -> None:
@@ -64,12 +72,18 @@ class PresidioScanner:
                 found[key] = cached
         if todo:
             try:
-                results = await asyncio.wait_for(
-                    self.pool.analyze(list(todo.values())), self._settings.pii_timeout
+                results = await self.pool.analyze(list(todo.values()), self._settings.pii_timeout)
+            except PiiUnavailable as exc:  # the pool says why (a worker died, it is restarting, ...)
+                log.error("PII detection failed", extra={"reason": exc.reason})
+                raise
+            except TimeoutError:
+                log.error("PII detection failed", extra={"reason": "timeout"})
+                raise unavailable("timeout", "PII detection did not finish in time.") from None
+            except Exception as exc:  # the detector itself failed
+                log.error(
+                    "PII detection failed", extra={"reason": "detector_error", "error": type(exc).__name__}
                 )
-            except Exception as exc:  # a broken worker, a timeout: the detector could not answer
-                log.error("PII detection failed", extra={"error": type(exc).__name__})
-                raise SidecarError(503, "pii_unavailable", "PII detection is unavailable.") from None
+                raise unavailable("detector_error", "PII detection is unavailable.") from None
             for key, result in zip(todo, results, strict=True):
                 self.cache.put(key, result)
                 found[key] = tuple(result)

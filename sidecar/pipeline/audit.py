@@ -1,4 +1,4 @@
-"""Stages 6 and 10: the tamper-evident audit record (SPEC §7).
+"""Stages 6 and 10: the tamper-evident audit record (docs/audit.md).
 
 One JSON line when the call is decided (before anything is forwarded) and one when it ends, joined by
 `decision_id`. Each line carries `prev_hash` and `hash` = SHA-256 over the previous hash and the
@@ -110,6 +110,17 @@ def build_record(call: Call, phase: str, revision: str) -> dict[str, Any]:
     }
 
 
+def _escaped(value: Any) -> Any:
+    """`value` with every string made valid UTF-8 (a lone surrogate becomes the text `\\udc85`)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escaped(v) for v in value]
+    return value
+
+
 def _last_hash(path: Path) -> str:
     """The hash of the log's last record, so a restarted sidecar continues the same chain."""
     if not path.exists() or path.stat().st_size == 0:
@@ -151,7 +162,11 @@ class AuditLog:
     def write(self, record: dict[str, Any]) -> None:
         record["prev_hash"] = self._prev
         # Serialised once: the canonical bytes are hashed, then written with the hash appended last.
-        body = canonical(record)
+        try:
+            body = canonical(record)
+        except TypeError:  # a string that is not valid UTF-8 (a lone surrogate): escaped, not dropped
+            record = _escaped(record)
+            body = canonical(record)
         digest = _link(self._prev, body)
         self._fh.write(body[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
         self._fh.flush()
@@ -166,10 +181,13 @@ class AuditLog:
             raise SidecarError(503, "audit_unavailable", "The audit log cannot be written.") from None
 
     def end(self, call: Call, revision: str) -> None:
+        """The closing record; called once for every call, however it ended, and never raises."""
         try:
             self.write(build_record(call, "end", revision))
         except OSError as exc:
             log.error("audit write failed", extra={"request_id": call.id, "error": str(exc)})
+        except Exception as exc:  # a bug must not turn the call's answer into a bare 500
+            log.error("audit record failed", extra={"request_id": call.id, "error": type(exc).__name__})
 
     def approval(self, action: str, approval: dict[str, Any], approver_sub: str | None) -> None:
         """An approver's act (`phase: "approval"`), chained with the call records; ids only, no content."""

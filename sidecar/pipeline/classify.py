@@ -1,4 +1,4 @@
-"""Stage 2: which OpenAI operation is this (SPEC §6).
+"""Stage 2: which OpenAI operation is this (docs/operations.md).
 
 Table-driven: each row is (method, path template, operation). `{id}` matches one path segment.
 Templates without placeholders are looked up in a dict; the rest are tried in table order.
@@ -109,8 +109,10 @@ for _method, _template, _operation in TABLE:
 
 
 def classify(method: str, path: str) -> str:
-    """Map an HTTP method and path to an operation name, or `unknown`."""
-    path = path.rstrip("/") or "/"
+    """Map an HTTP method and canonical path (sidecar.pipeline.canonical) to an operation, or `unknown`.
+
+    Exact: the canonical path has no trailing slash, empty or dot segment, so none is forgiven here.
+    """
     operation = _EXACT.get((method, path))
     if operation is not None:
         return operation

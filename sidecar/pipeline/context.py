@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sidecar.documents import Decision, UserDoc
 from sidecar.errors import SidecarError
+
+if TYPE_CHECKING:
+    from sidecar.approvals.spool import SpooledBody
 
 
 def new_request_id() -> str:
@@ -16,14 +20,14 @@ def new_request_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """Who is calling (SPEC §3 `subject`)."""
+    """Who is calling (`input.subject`, docs/policy-input.md)."""
 
     authenticated: bool
     sub: str | None = None
     tenant: str | None = None
     groups: tuple[str, ...] = ()
     issuer: str | None = None
-    # The end user the call is made for (X-End-User-Token, verified): SPEC §3 `subject.user`.
+    # The end user the call is made for (X-End-User-Token, verified): `input.subject.user`.
     user: UserDoc | None = None
 
 
@@ -46,8 +50,10 @@ class ApprovalTicket:
 
     fingerprint: str
     id: str | None = None
-    status: str = "none"  # none | pending | approved | denied | expired (SPEC §3 `approval.status`)
+    status: str = "none"  # none | pending | approved | denied | expired (docs/policy-input.md)
     claimed: bool = False  # this call holds the approved approval while it is forwarded
+    # A gated upload, read in full to be hashed: forwarded from here, closed by the proxy when the call ends.
+    upload: SpooledBody | None = None
 
 
 @dataclass(slots=True)

@@ -1,4 +1,5 @@
-"""Stage 4: build the policy input (SPEC §3), ask the engine, and validate its answer (SPEC §4).
+"""Stage 4: build the policy input (docs/policy-input.md), ask the engine, and validate its answer
+(docs/decision.md).
 
 Fail closed: an engine that cannot answer is a 503 `policy_unavailable`, and an undefined or malformed
 decision is a deny. With `SIDECAR_FAIL_MODE=open`, an unreachable engine lets the call through with an
@@ -11,6 +12,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import orjson
 from aiohttp import web
 
 from sidecar.config import Settings
@@ -22,7 +24,7 @@ from sidecar.documents import (
     PolicyInput,
     SubjectDoc,
 )
-from sidecar.errors import policy_unavailable
+from sidecar.errors import invalid_request, policy_unavailable
 from sidecar.pipeline.context import Call, Subject
 from sidecar.pipeline.inspect import Payload, Summary, estimate_input_tokens
 from sidecar.policy.engine import EngineError, PolicyEngine
@@ -84,6 +86,12 @@ class Decider:
 
     async def decide(self, call: Call, doc: PolicyInput) -> Decision:
         started = time.perf_counter()
+        try:
+            # The engine only ever sees a document that serialises as JSON: a lone surrogate (from a
+            # header, a token claim, ...) crashed the embedded engine. orjson refuses it in under 1 µs.
+            orjson.dumps(doc)
+        except TypeError as exc:
+            raise invalid_request(f"The request carries a value that is not valid UTF-8 ({exc}).") from None
         try:
             raw = await self.engine.evaluate(doc)
         except EngineError as exc:

@@ -8,7 +8,7 @@ by an earlier step has reserved or consumed nothing).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -17,6 +17,9 @@ from sidecar.errors import no_retry
 from sidecar.pipeline.context import Call
 from sidecar.pipeline.inspect import Payload, Summary
 from sidecar.pipeline.settle import request_stream_usage
+
+if TYPE_CHECKING:
+    from sidecar.approvals.spool import SpooledBody
 
 # Where each operation takes its output limit when the caller set none.
 _CAP_FIELD = {
@@ -35,6 +38,8 @@ class Plan:
     restore: dict[str, str] | None = None  # placeholder -> original value, for this request only
     reservation: object | None = None
     hide_usage_chunk: bool = False  # the sidecar asked for Chat stream usage; the caller did not
+    # A gated upload read in full (its approval binds its bytes): sent instead of the caller's stream.
+    upload: SpooledBody | None = None
 
 
 class ApprovalGate(Protocol):
@@ -92,7 +97,11 @@ class Enforcer:
     async def enforce(self, call: Call, decision: Decision, payload: Payload, summary: Summary) -> Plan:
         if not decision.allow:
             raise no_retry(403, decision.code or "policy_violation", deny_message(decision))
-        plan = Plan(body=payload.raw if payload.kind == "json" else None, doc=payload.doc)
+        plan = Plan(
+            body=payload.raw if payload.kind == "json" else None,
+            doc=payload.doc,
+            upload=call.approval.upload if call.approval is not None else None,
+        )
         if plan.doc is not None:
             changed = False
             if self._masker is not None and decision.mask.request.entities:

@@ -1,8 +1,10 @@
 """Stage 3: read and look at the payload without ever showing raw content to the policy.
 
-JSON bodies are read (up to `max_body_bytes`) and parsed once; multipart uploads are not read here at
-all: they stream through to the upstream under their own limit. The policy sees a summary (model,
-stream flag, output limit, tool types, size, token estimate) and PII counts, never text.
+JSON bodies are read (up to `max_body_bytes`, decoded, with a stall timeout: sidecar.pipeline.receive),
+parsed once, and re-serialised: those bytes are what the policy judges and the upstream receives.
+Multipart uploads are not read here at all: they stream through to the upstream under their own limit.
+The policy sees a summary (model, stream flag, output limit, tool types, size, token estimate) and PII
+counts, never text.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.errors import invalid_request, too_large
+from sidecar.pipeline.receive import content_coding, read_body
 
 # Bodies larger than this are bounded from their size instead of tokenized (a few ms per 200 KB).
 _TOKENIZE_LIMIT = 2 * 1024 * 1024
 _BYTES_PER_TOKEN = 2  # the bound: no OpenAI encoding averages under two bytes per token on real text
+_UTF8 = frozenset({"utf-8", "utf8"})
 
 
 @dataclass(slots=True)
@@ -29,7 +33,7 @@ class Payload:
     content_type: str
     size: int  # bytes, or the declared Content-Length of a streamed body (-1 when unknown)
     doc: dict[str, Any] | None = None
-    raw: bytes = b""
+    raw: bytes = b""  # JSON: orjson.dumps(doc), the bytes forwarded unless enforce rewrites the body
     pii: PiiFindings | None = None  # what the scanner found, for the masker
 
 
@@ -57,7 +61,9 @@ async def read_payload(request: web.Request, settings: Settings) -> Payload:
     declared = request.content_length
     if not request.body_exists:
         return Payload("none", content_type, 0)
-    if content_type.startswith("multipart/"):
+    multipart = content_type.startswith("multipart/")
+    coding = content_coding(request, decodable=not multipart)  # 415 unless the sidecar can decode it
+    if multipart:
         if declared is not None and declared > settings.max_upload_bytes:
             raise too_large(settings.max_upload_bytes)
         return Payload("stream", request.headers.get("Content-Type", content_type), declared or -1)
@@ -66,31 +72,60 @@ async def read_payload(request: web.Request, settings: Settings) -> Payload:
             f"Unsupported content type {content_type or '(none)'!r}: send application/json "
             "(or multipart/form-data for uploads)."
         )
+    charset = request.charset
+    if charset is not None and charset.lower() not in _UTF8:
+        raise invalid_request(f"JSON bodies must be UTF-8, not charset={charset[:40]!r}.")
     limit = settings.max_body_bytes
     if declared is not None and declared > limit:
         raise too_large(limit)
-    raw = await _read_limited(request, limit)
-    if not raw:
+    received = await read_body(request, limit, settings.client_body_timeout, coding)
+    if not received:
         return Payload("none", content_type, 0)
+    doc, raw = parse_json_body(received, settings.max_json_depth)
+    return Payload("json", content_type, len(raw), doc, raw)
+
+
+def parse_json_body(received: bytes, max_depth: int) -> tuple[dict[str, Any], bytes]:
+    """The body's object and its re-serialisation, which is what the policy judges and the upstream gets.
+
+    Re-serialising means the upstream never parses something the sidecar did not: a duplicate key keeps
+    only the last value (the one the sidecar saw), whitespace and escapes are normalised, and an integer
+    beyond 64 bits becomes the double orjson read it as. The body must be UTF-8 without a BOM, with no
+    NaN/Infinity, no lone surrogate escapes, no number beyond a double, and no deeper than `max_depth`.
+    """
     try:
-        doc = orjson.loads(raw)
+        doc = orjson.loads(received)
     except orjson.JSONDecodeError as exc:
         raise invalid_request(f"Malformed JSON body: {exc}") from None
     if not isinstance(doc, dict):
         raise invalid_request(f"The JSON body must be an object, not {type(doc).__name__}.")
-    return Payload("json", content_type, len(raw), doc, raw)
+    if not within_depth(doc, max_depth):
+        raise invalid_request(f"The JSON body is nested deeper than {max_depth} levels.")
+    try:
+        raw = orjson.dumps(doc)
+    except TypeError as exc:  # not expected after the checks above; refused rather than forwarded as sent
+        raise invalid_request(f"The JSON body cannot be re-serialised ({exc}).") from None
+    return doc, raw
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
-    # A chunked body has no Content-Length, so the limit is enforced while reading.
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def within_depth(doc: dict[str, Any], limit: int) -> bool:
+    """Whether no container is nested more than `limit` deep (the top-level object is depth 1).
+
+    A level-by-level walk over containers only: about 4 µs for a 2 KB chat body and 100 µs for 200 KB
+    (long strings cost nothing); a byte scan of the brackets outside strings measured slower on both.
+    """
+    level: list[Any] = [doc]
+    depth = 1
+    while level:
+        if depth > limit:
+            return False
+        below: list[Any] = []
+        for node in level:
+            values = node.values() if type(node) is dict else node
+            below.extend([v for v in values if type(v) is dict or type(v) is list])
+        level = below
+        depth += 1
+    return True
 
 
 _OUTPUT_LIMIT_FIELDS = ("max_output_tokens", "max_completion_tokens", "max_tokens")

@@ -3,7 +3,9 @@
 Server-sent events go out as they arrive: when nothing needs rewriting, each upstream chunk is written
 as-is; when a transform is active (placeholder restore, response masking) the relay rewrites whole
 events and holds back at most one incomplete event. JSON bodies are read whole (they are small and may
-be rewritten); anything else (file downloads, audio) is streamed through untouched.
+be rewritten); anything else (file downloads, audio) is streamed through untouched. Error bodies
+(status >= 400) are read whole, up to `ERROR_BODY_LIMIT`, and every header value and error body is
+scrubbed of the provider key (sidecar.pipeline.scrub): an upstream may quote the key it was sent.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from sidecar.errors import SidecarError
 from sidecar.pipeline.context import Call
 from sidecar.pipeline.forward import downstream_headers
+from sidecar.pipeline.scrub import KeyScrubber
 from sidecar.pipeline.settle import usage_from_event, usage_from_json_body
 
 log = logging.getLogger(__name__)
+
+ERROR_BODY_LIMIT = 1024 * 1024  # an upstream error body beyond this is cut: errors are small
 
 
 class EventTransform(Protocol):
@@ -123,8 +129,9 @@ async def relay_sse(
     upstream: aiohttp.ClientResponse,
     call: Call,
     transforms: list[EventTransform],
+    headers: CIMultiDict[str],
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream, call))
+    resp = web.StreamResponse(status=upstream.status, headers=headers)
     await resp.prepare(request)
     splitter = SseSplitter()
     try:
@@ -174,18 +181,41 @@ async def _apply(transforms: list[EventTransform], events: list[bytes]) -> bytes
 
 
 async def relay_buffered(
-    upstream: aiohttp.ClientResponse, call: Call, transforms: list[BodyTransform]
+    upstream: aiohttp.ClientResponse,
+    call: Call,
+    transforms: list[BodyTransform],
+    headers: CIMultiDict[str],
 ) -> web.Response:
     body = await upstream.read()
-    if upstream.status < 400:
-        call.usage = usage_from_json_body(body)
-        for transform in transforms:
-            body = await transform.body(body)
-    return web.Response(status=upstream.status, body=body, headers=downstream_headers(upstream, call))
+    call.usage = usage_from_json_body(body)
+    for transform in transforms:
+        body = await transform.body(body)
+    return web.Response(status=upstream.status, body=body, headers=headers)
 
 
-async def relay_raw(request: web.Request, upstream: aiohttp.ClientResponse, call: Call) -> web.StreamResponse:
-    resp = web.StreamResponse(status=upstream.status, headers=downstream_headers(upstream, call))
+async def relay_error(
+    upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], scrubber: KeyScrubber
+) -> web.Response:
+    """An upstream error (status >= 400), whatever its type, read whole so the key can be scrubbed."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in upstream.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= ERROR_BODY_LIMIT:
+                upstream.close()  # the rest is not relayed
+                break
+    except (aiohttp.ClientError, TimeoutError):
+        raise SidecarError(502, "upstream_unavailable", "The upstream's error response broke off.") from None
+    body = scrubber.body(b"".join(chunks)[:ERROR_BODY_LIMIT])
+    return web.Response(status=upstream.status, body=body, headers=headers)
+
+
+async def relay_raw(
+    request: web.Request, upstream: aiohttp.ClientResponse, call: Call, headers: CIMultiDict[str]
+) -> web.StreamResponse:
+    resp = web.StreamResponse(status=upstream.status, headers=headers)
     if upstream.content_length is not None:
         resp.content_length = upstream.content_length
     await resp.prepare(request)
@@ -205,10 +235,15 @@ async def relay(
     call: Call,
     transforms: list[EventTransform],
     body_transforms: list[BodyTransform],
+    *,
+    scrubber: KeyScrubber,
 ) -> web.StreamResponse:
+    headers = scrubber.headers(downstream_headers(upstream, call))
+    if upstream.status >= 400:
+        return await relay_error(upstream, headers, scrubber)
     content_type = upstream.content_type
     if content_type == "text/event-stream":
-        return await relay_sse(request, upstream, call, transforms)
+        return await relay_sse(request, upstream, call, transforms, headers)
     if content_type == "application/json":
-        return await relay_buffered(upstream, call, body_transforms)
-    return await relay_raw(request, upstream, call)
+        return await relay_buffered(upstream, call, body_transforms, headers)
+    return await relay_raw(request, upstream, call, headers)

@@ -1,5 +1,7 @@
 """OPA bundles: a directory or a `.tar.gz` with `.rego` files, `data.json`/`data.yaml` files and a
 `.manifest`, laid out as `opa build` does. The same bundle feeds the embedded engine and an OPA daemon.
+Every load (serving, reloads, `sidecar policy test|build|eval`) checks the data against the schema the
+manifest declares (sidecar.policy.dataschema).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Any
 
 import orjson
 import yaml
+
+from sidecar.policy.dataschema import DataSchemaError
+from sidecar.policy.dataschema import check as check_data
 
 MANIFEST = ".manifest"
 SIGNATURES = ".signatures.json"
@@ -32,6 +37,7 @@ class Bundle:
     policies: dict[str, str] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     revision: str = ""
+    data_schema: str = ""  # the schema the data was checked against ("" when the bundle declares none)
 
     @property
     def signed(self) -> bool:
@@ -95,6 +101,10 @@ def parse(files: dict[str, bytes], source: str) -> Bundle:
             _merge_at(data, PurePosixPath(rel).parent.parts, _load_data(rel, content, source))
     if not policies:
         raise BundleError(f"bundle {source}: no .rego files")
+    try:
+        data_schema = check_data(manifest, data)
+    except DataSchemaError as exc:
+        raise BundleError(f"bundle {source}: {exc}") from None
     revision = manifest.get("revision")
     if not isinstance(revision, str) or not revision:
         # Without a declared revision, a digest of the content still tells two bundles apart in the audit.
@@ -102,7 +112,7 @@ def parse(files: dict[str, bytes], source: str) -> Bundle:
         for rel in sorted(files):
             digest.update(rel.encode() + b"\0" + files[rel] + b"\0")
         revision = "sha256:" + digest.hexdigest()[:16]
-    return Bundle(source, files, manifest, policies, data, revision)
+    return Bundle(source, files, manifest, policies, data, revision, data_schema)
 
 
 def _load_data(rel: str, content: bytes, source: str) -> Any:

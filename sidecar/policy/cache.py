@@ -1,7 +1,8 @@
-"""A decision cache for the embedded engine, keyed on what the bundle reads of its input.
+"""A decision cache for the embedded engine, keyed on what the compiled bundle reads of its input.
 
 A decision is a pure function of the input and the bundle's data, as long as the policy calls no
-non-deterministic builtin. The bundle's Rego is scanned for every `input.<path>` it references:
+non-deterministic builtin. `reads.read_set` derives from the engine's parsed AST every `input` path
+the bundle can read (see there for how references are bounded and when a bundle is refused):
 
 - Stable paths (tenant, operation, model, PII counts, ...) always form the key.
 - Volatile paths change on nearly every call (`budget`, `time`, `request.id`, body sizes). They join the
@@ -10,96 +11,78 @@ non-deterministic builtin. The bundle's Rego is scanned for every `input.<path>`
   read a value cannot depend on it, so e.g. a budget guard that only looks at budgets for expensive models
   does not defeat the cache for every other call.
 
-The analysis only ever widens the key: an alias (`x := input.request`) or an index (`input.a[k]`) keeps
-the whole subtree, and `input` used whole, or any non-deterministic builtin, turns caching off.
+A key records, for each path, the value found there or that there was none: `null` and a missing
+field are different inputs to a policy (`input.a == null`).
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sidecar.policy.bundle import Bundle
+from sidecar.policy.reads import VOLATILE, InputReads, Path, Place, Unbounded, minimal, read_set
 
-_COMMENT = re.compile(r"#[^\n]*")
-_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`')
-_INPUT = re.compile(r"\binput\b((?:\.[A-Za-z_]\w*)*)")
-_VOLATILE_BUILTINS = re.compile(
-    r"\b(time\.now_ns|rand\.|uuid\.|http\.send|net\.lookup|opa\.runtime|crypto\.x509\.parse)"
-)
-VOLATILE = (
-    ("budget",),
-    ("time",),
-    ("request", "id"),
-    ("request", "body_bytes"),
-    ("request", "estimated_input_tokens"),
-)
+if TYPE_CHECKING:
+    import regorus
 
-Path = tuple[str, ...]
+__all__ = ["VOLATILE", "DecisionCache", "InputReads", "covered_lines", "input_paths", "input_reads"]
 
-
-def _is_volatile(path: Path) -> bool:
-    return any(path[: len(v)] == v or v[: len(path)] == path for v in VOLATILE)
-
-
-@dataclass(frozen=True, slots=True)
-class InputReads:
-    stable: list[Path]
-    volatile: dict[Path, set[tuple[str, int]]]  # path -> the (file, line) places that read it
-
-
-def _minimal(paths: set[Path]) -> list[Path]:
-    return sorted(p for p in paths if not any(p[: len(q)] == q and p != q for q in paths))
+log = logging.getLogger(__name__)
+_ABSENT = object()
 
 
 def input_reads(bundle: Bundle) -> InputReads | None:
-    """What the bundle's policies read of `input`, or None when that cannot be known."""
-    stable: set[Path] = set()
-    volatile: dict[Path, set[tuple[str, int]]] = {}
-    for name, text in bundle.policies.items():
-        if name.endswith("_test.rego"):
-            continue
-        for number, line in enumerate(text.splitlines(), start=1):
-            code = _STRING.sub('""', _COMMENT.sub("", line))
-            if _VOLATILE_BUILTINS.search(code):
-                return None
-            for match in _INPUT.finditer(code):
-                dotted = match.group(1)
-                if not dotted:
-                    return None  # `input` as a whole (or `input[x]`): anything may be read
-                path = tuple(dotted[1:].split("."))
-                if _is_volatile(path):
-                    volatile.setdefault(path, set()).add((name, number))
-                else:
-                    stable.add(path)
-    return InputReads(_minimal(stable), volatile)
+    """What the bundle's policies read of `input`, or None when that cannot be bounded."""
+    from sidecar.policy.embedded import compile_bundle  # embedded imports this module
+
+    try:
+        return read_set(compile_bundle(bundle).get_ast_as_json())
+    except Unbounded:
+        return None
 
 
 def input_paths(bundle: Bundle) -> list[Path] | None:
     """Every input path the bundle references (stable and volatile), or None."""
     reads = input_reads(bundle)
-    return None if reads is None else _minimal(set(reads.stable) | set(reads.volatile))
+    return None if reads is None else minimal([*reads.stable, *reads.volatile])
 
 
 def project(doc: Any, paths: list[Path] | tuple[Path, ...]) -> bytes:
-    out = []
-    for path in paths:
+    """The values at `paths`, with a bit per path that has none; raises TypeError if not JSON."""
+    out: list[Any] = []
+    absent = 0
+    for i, path in enumerate(paths):
         node = doc
         for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
-            if node is None:
+            node = node.get(key, _ABSENT) if isinstance(node, dict) else _ABSENT
+            if node is _ABSENT:
+                absent |= 1 << i
+                node = None
                 break
         out.append(node)
+    out.append(absent)
     return orjson.dumps(out, option=orjson.OPT_SORT_KEYS)
 
 
-def covered_lines(report: dict[str, Any]) -> set[tuple[str, int]]:
+def covered_lines(report: dict[str, Any]) -> set[Place]:
     """(file, line) of every line regorus's coverage report marks as executed."""
     return {(f["path"], int(n)) for f in report.get("files", []) for n in f.get("covered", [])}
+
+
+def _unreportable(report: dict[str, Any], places: dict[str, set[int]]) -> tuple[str, set[int]]:
+    """Lines of `places` that a file of the report can mark neither covered nor not covered."""
+    for f in report.get("files", []):
+        missing = places.get(f["path"], set()) - {
+            int(n) for k in ("covered", "not_covered") for n in f.get(k, [])
+        }
+        if missing:
+            return f["path"], missing
+    return "", set()
 
 
 @dataclass(slots=True)
@@ -113,13 +96,27 @@ class _Variant:
 class DecisionCache:
     reads: InputReads | None
     entries: int
+    refusal: str | None = None  # why a bundle is evaluated uncached, when the analysis refused it
     _data: OrderedDict[bytes, list[_Variant]] = field(default_factory=OrderedDict)
     hits: int = 0
     misses: int = 0
 
+    # Volatile read lines per file, until a coverage report shows it can report them (see put).
+    _unconfirmed: dict[str, set[int]] = field(default_factory=dict)
+
     @classmethod
-    def for_bundle(cls, bundle: Bundle, entries: int) -> DecisionCache:
-        return cls(input_reads(bundle) if entries > 0 else None, entries)
+    def for_engine(cls, engine: regorus.Engine, entries: int) -> DecisionCache:
+        """A cache for the bundle compiled into `engine`, read from the engine's own AST."""
+        if entries <= 0:
+            return cls(None, 0)
+        try:
+            reads = read_set(engine.get_ast_as_json())
+        except Unbounded as exc:
+            return cls(None, entries, str(exc))
+        unconfirmed: dict[str, set[int]] = {}
+        for file, line in (place for places in reads.volatile.values() for place in places):
+            unconfirmed.setdefault(file, set()).add(line)
+        return cls(reads, entries, _unconfirmed=unconfirmed)
 
     @property
     def enabled(self) -> bool:
@@ -130,25 +127,55 @@ class DecisionCache:
             return None
         try:
             return project(doc, self.reads.stable)
-        except TypeError:
+        except TypeError:  # not JSON (e.g. a lone surrogate): evaluate uncached
             return None
 
     def get(self, key: bytes, doc: Any) -> tuple[bool, Any]:
         for variant in self._data.get(key, ()):
-            if not variant.volatile or project(doc, variant.volatile) == variant.key:
+            try:
+                same = not variant.volatile or project(doc, variant.volatile) == variant.key
+            except TypeError:
+                same = False
+            if same:
                 self._data.move_to_end(key)
                 self.hits += 1
                 return True, variant.decision
         self.misses += 1
         return False, None
 
-    def put(self, key: bytes, doc: Any, decision: Any, executed: set[tuple[str, int]]) -> None:
-        assert self.reads is not None
+    def put(self, key: bytes, doc: Any, decision: Any, report: dict[str, Any]) -> None:
+        """Store the decision of a miss, evaluated with line coverage on (`report`)."""
+        if self.reads is None:
+            return
+        if self._unconfirmed and not self._confirm(report):
+            return
+        executed = covered_lines(report)
         read = tuple(sorted(p for p, lines in self.reads.volatile.items() if lines & executed))
+        try:
+            variant = _Variant(read, project(doc, read), decision)
+        except TypeError:
+            return
         variants = self._data.setdefault(key, [])
-        variants.append(_Variant(read, project(doc, read), decision))
+        variants.append(variant)
         if len(variants) > 16:  # many budget states of one key: keep the newest
             del variants[0]
         self._data.move_to_end(key)
         if len(self._data) > self.entries:
             self._data.popitem(last=False)
+
+    def _confirm(self, report: dict[str, Any]) -> bool:
+        """Whether the report can show every volatile read line of the files it covers.
+
+        A volatile read is unread only if its line is reported not covered. Should a regorus version
+        leave such a line out of its report, coverage proves nothing: the cache turns itself off. A
+        file is checked the first time it appears, before any entry whose evaluation ran in it is kept.
+        """
+        file, lines = _unreportable(report, self._unconfirmed)
+        if lines:
+            self.reads, self.refusal = None, f"{file}: coverage does not report lines {sorted(lines)}"
+            self._data.clear()
+            log.warning("decision cache off for this bundle: %s", self.refusal)
+            return False
+        for f in report.get("files", []):
+            self._unconfirmed.pop(f["path"], None)
+        return True

@@ -1,22 +1,29 @@
 """The daemon engine: an OPA server's REST Data API (`POST /v1/data/<decision path>`).
 
-It uses opa-python-client's async client, which keeps one pooled aiohttp session (keep-alive). Retries
-are off and the timeout is short: a decision that cannot be had quickly is a 503, not a stalled agent.
+It uses opa-python-client's async client on a pooled aiohttp session of our own (keep-alive). Retries
+are off and the timeout is short: a decision that cannot be had quickly is a 503, not a stalled agent. The
+timeout measures OPA (sidecar.deadline): the wait for one of the session's connections and the event
+loop's stalls are the sidecar's own load, so a burst of calls does not blame a healthy daemon.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 from opa_client import AsyncOpaClient
 
+from sidecar.deadline import within
 from sidecar.documents import PolicyInput
 from sidecar.policy.engine import EngineError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+CONNECTIONS = 64  # queries in flight at once; more wait for a connection slot, outside the timeout
 
 
 class DaemonEngine:
@@ -33,6 +40,8 @@ class DaemonEngine:
             timeout=timeout,
             retries=0,
         )
+        self._timeout = timeout
+        self._slots = asyncio.Semaphore(CONNECTIONS)
         self._path = decision_path.strip("/")
         self._revision = ""
 
@@ -41,14 +50,24 @@ class DaemonEngine:
         return self._revision
 
     async def start(self) -> None:
-        await self._client._init_session()
+        # The client's own session has a whole-request timeout, which counts the wait for a pooled
+        # connection (and the loop's stalls): ours only bounds connecting; `_timed` bounds the rest.
+        self._client._session = aiohttp.ClientSession(
+            headers=self._client.headers,
+            connector=aiohttp.TCPConnector(limit=CONNECTIONS),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+        )
+
+    async def _timed(self, work: Callable[[], Awaitable[_T]]) -> _T:
+        async with self._slots:
+            return await within(self._timeout, work)
 
     async def close(self) -> None:
         await self._client.close_connection()
 
     async def query(self, path: str, doc: dict[str, Any]) -> Any:
         try:
-            answer = await self._client.query_rule(doc, package_path=path.strip("/"))
+            answer = await self._timed(lambda: self._client.query_rule(doc, package_path=path.strip("/")))
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise EngineError(f"OPA at {self._client.root_url}: {type(exc).__name__}: {exc}") from None
         if not isinstance(answer, dict):
@@ -61,10 +80,14 @@ class DaemonEngine:
     async def refresh_revision(self) -> None:
         """Learn the loaded bundles' revisions from OPA's provenance block (for the audit and /readyz)."""
         url = f"{self._client.root_url}/data/{self._path}?provenance=true"
-        try:
+
+        async def fetch() -> Any:
             async with self._client._request("POST", url, json={"input": {}}) as resp:
                 resp.raise_for_status()
-                answer = await resp.json()
+                return await resp.json()
+
+        try:
+            answer = await self._timed(fetch)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineError(f"OPA at {self._client.root_url}: {exc}") from None
         bundles = answer.get("provenance", {}).get("bundles", {})
@@ -72,7 +95,10 @@ class DaemonEngine:
         self._revision = ",".join(revisions)
 
     async def ready(self) -> tuple[bool, str]:
-        healthy = await self._client.check_health(query={"bundles": "true"})
+        try:
+            healthy = await self._timed(lambda: self._client.check_health(query={"bundles": "true"}))
+        except TimeoutError:
+            healthy = False
         if not healthy:
             return False, f"OPA at {self._client.root_url} is not healthy (or its bundles are not activated)"
         try:

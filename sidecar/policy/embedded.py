@@ -21,14 +21,14 @@ import regorus  # after the setting above: it must precede the first backtrace c
 
 from sidecar.documents import PolicyInput
 from sidecar.policy.bundle import Bundle
-from sidecar.policy.cache import DecisionCache, covered_lines
+from sidecar.policy.cache import DecisionCache
 from sidecar.policy.engine import EngineError
 
 log = logging.getLogger(__name__)
 
 
 def rule_path(decision_path: str) -> str:
-    """`sidecar/decision` (the REST form of SPEC §2) as the Rego reference `data.sidecar.decision`."""
+    """`sidecar/decision` (REST form, docs/configuration.md) as the Rego path `data.sidecar.decision`."""
     return "data." + decision_path.strip("/").replace("/", ".")
 
 
@@ -57,7 +57,7 @@ class EmbeddedEngine:
         self._cache_entries = cache_entries
         self._bundle = bundle
         self._engine = self._compile(bundle)
-        self.cache = DecisionCache.for_bundle(bundle, cache_entries)
+        self.cache = self._cache_for(self._engine, bundle)
 
     def _compile(self, bundle: Bundle) -> regorus.Engine:
         engine = compile_bundle(bundle)
@@ -68,6 +68,16 @@ class EmbeddedEngine:
         except RuntimeError as exc:
             raise EngineError(f"bundle {bundle.source}: {self._rule}: {_first_line(exc)}") from None
         return engine
+
+    def _cache_for(self, engine: regorus.Engine, bundle: Bundle) -> DecisionCache:
+        cache = DecisionCache.for_engine(engine, self._cache_entries)
+        if cache.refusal:  # once per load: the bundle is correct, only slower
+            log.warning(
+                "decision cache off for this bundle: %s",
+                cache.refusal,
+                extra={"revision": bundle.revision, "source": bundle.source},
+            )
+        return cache
 
     @property
     def revision(self) -> str:
@@ -80,8 +90,8 @@ class EmbeddedEngine:
     def swap(self, bundle: Bundle) -> None:
         """Replace the policy atomically; raises EngineError and keeps the old one if it does not compile."""
         engine = self._compile(bundle)
-        self._engine, self._bundle = engine, bundle
-        self.cache = DecisionCache.for_bundle(bundle, self._cache_entries)
+        cache = self._cache_for(engine, bundle)
+        self._engine, self._bundle, self.cache = engine, bundle, cache
         log.info("policy bundle loaded", extra={"revision": bundle.revision, "source": bundle.source})
 
     async def start(self) -> None:
@@ -113,10 +123,10 @@ class EmbeddedEngine:
         engine.clear_coverage_data()
         try:
             decision = self.evaluate_sync(self._rule, doc)
-            executed = covered_lines(orjson.loads(engine.get_coverage_report_as_json()))
+            report = orjson.loads(engine.get_coverage_report_as_json())
         finally:
             engine.set_enable_coverage(False)
-        cache.put(key, doc, decision, executed)
+        cache.put(key, doc, decision, report)
         return decision
 
     async def query(self, path: str, doc: dict[str, Any]) -> Any:

@@ -12,7 +12,6 @@ from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiohttp import web
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -89,13 +88,16 @@ class Telemetry:
 
     # --- per request ---------------------------------------------------------------------------------
 
-    def start_request(self, request: web.Request, call: Call) -> Traced:
-        """Open the SERVER span, continuing the caller's W3C trace, and give the audit its ids."""
+    def start_request(self, headers: Mapping[str, str], call: Call) -> Traced:
+        """Open the SERVER span, continuing the caller's W3C trace, and give the audit its ids.
+
+        `headers`: the request's, once sidecar.pipeline.canonical checked them (else none).
+        """
         if self.tracer is None:
             return Traced(None, None)
         span = self.tracer.start_span(
             call.method,  # renamed "<method> <operation>" at the end, once the operation is known
-            context=_W3C.extract(request.headers),
+            context=_W3C.extract(headers),
             kind=SpanKind.SERVER,
             # Not the path: the caller chooses it, and the operation names the call without ids in it.
             attributes={"http.request.method": call.method, "sidecar.request.id": call.id},
@@ -110,8 +112,10 @@ class Telemetry:
         code = err.code if err is not None else ""
         decision = "allow" if err is None else "error" if err.status >= 500 else "deny"
         operation = call.operation
-        if operation == "unknown" and not call.subject.authenticated:
-            operation = classify(call.method, call.path)  # refused before the classify stage ran
+        # Refused before the classify stage ran: by authentication (named by its path), or by
+        # sidecar.pipeline.canonical (an ambiguous target is not named: it stays "unknown").
+        if operation == "unknown" and not call.subject.authenticated and code != "invalid_request":
+            operation = classify(call.method, call.path)
         self.hot.request(operation, decision, code, time.perf_counter() - call.started)
         span = traced.span
         if span is None:
