@@ -33,7 +33,7 @@ from sidecar.policy.daemon import DaemonEngine
 from sidecar.policy.embedded import EmbeddedEngine
 from sidecar.policy.engine import PolicyEngine
 from sidecar.policy.reload import BundleReloader, accept, load_configured
-from sidecar.proxy import Proxy, not_found
+from sidecar.proxy import Proxy, not_found, openai_errors
 from sidecar.telemetry import METRICS_CONTENT_TYPE, Telemetry
 from sidecar.telemetry import setup as setup_telemetry
 
@@ -149,7 +149,7 @@ class Sidecar:
         self.proxy.telemetry.shutdown()
 
     def data_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[openai_errors])
         app.router.add_route("*", "/v1/{tail:.*}", self.proxy.handle)
         app.router.add_route("*", "/{tail:.*}", not_found)
         return app

@@ -35,8 +35,9 @@ class StallMeter:
     """One event loop's stalls, measured while operations are timed on it, and their deadlines.
 
     A tick every TICK seconds adds how late it ran to `stalled`, then expires the deadlines whose
-    operation has had its `seconds` of unstalled time, so a deadline fires up to TICK late. One timer for
-    every operation in flight, where a timer each (schedule, cancel) cost twice as much per operation."""
+    operation has had its `seconds` of unstalled time, so a deadline fires up to TICK late (one shorter
+    than the next tick gets its own timer). One timer for every operation in flight, where a timer each
+    (schedule, cancel) cost twice as much per operation."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -51,11 +52,14 @@ class StallMeter:
         return self._stalled + max(0.0, pending)
 
     def watch(self, seconds: float, timer: asyncio.Timeout) -> _Deadline:
-        deadline = _Deadline(seconds, self._loop.time(), self.stalled(), timer)
+        now = self._loop.time()
+        deadline = _Deadline(seconds, now, self.stalled(), timer)
         self._deadlines.add(deadline)
         if not self._ticking:
             self._ticking = True
-            self._schedule(self._loop.time())
+            self._schedule(now)
+        if now + seconds < self._due:  # due before the next tick: a timer of its own, not TICK late
+            self._loop.call_at(now + seconds, self._expire)
         return deadline
 
     def unwatch(self, deadline: _Deadline) -> None:
@@ -68,16 +72,19 @@ class StallMeter:
     def _tick(self) -> None:
         now = self._loop.time()
         self._stalled += max(0.0, now - self._due)
-        for deadline in [d for d in self._deadlines if self._spent(d, now) >= d.seconds]:
-            self._deadlines.discard(deadline)
-            deadline.timer.reschedule(now)  # expire now: asyncio.timeout cancels the work, TimeoutError
+        self._due = now  # (until rescheduled: nothing pending)
+        self._expire()
         if self._deadlines:
             self._schedule(now)
         else:
             self._ticking = False
 
-    def _spent(self, deadline: _Deadline, now: float) -> float:
-        return now - deadline.start - (self._stalled - deadline.stalled_at_start)
+    def _expire(self) -> None:
+        """Expire the deadlines whose operation has had its `seconds` of time the loop was not stalled."""
+        now, stalled = self._loop.time(), self.stalled()
+        for d in [d for d in self._deadlines if now - d.start - (stalled - d.stalled_at_start) >= d.seconds]:
+            self._deadlines.discard(d)
+            d.timer.reschedule(now)  # expire now: asyncio.timeout cancels the work, raises TimeoutError
 
 
 class PerLoop(Generic[_T]):

@@ -23,6 +23,7 @@ class RequestDoc(TypedDict):
     id: str
     method: str
     path: str
+    query: str
     operation: str
     model: str | None
     stream: bool

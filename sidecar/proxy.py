@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from sidecar.approvals.gate import Approvals
 from sidecar.config import Settings
@@ -21,7 +22,7 @@ from sidecar.logs import raised_at
 from sidecar.pipeline.admit import Admission
 from sidecar.pipeline.audit import AuditLog
 from sidecar.pipeline.authenticate import Authenticator
-from sidecar.pipeline.canonical import canonicalize
+from sidecar.pipeline.canonical import canonicalize, shown_path
 from sidecar.pipeline.classify import classify
 from sidecar.pipeline.context import Call, new_request_id
 from sidecar.pipeline.decide import Decider, build_input
@@ -115,7 +116,7 @@ class Proxy:
         call.subject = await tel.run("auth", self.authenticator.authenticate(request))
         with tel.stage("classify"):  # the operation, then the body, read once
             call.operation = classify(call.method, call.path)
-            payload = await read_payload(request, self.settings)
+            payload = await read_payload(request, self.settings, call.operation)
         summary = tel.summary(summarize(payload))  # (the server span's gen_ai.request.max_tokens)
         call.model, call.stream = summary.model, summary.stream
         if self.pii is not None and payload.doc is not None:
@@ -224,7 +225,21 @@ def _caller_gone(request: web.Request) -> bool:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    err = SidecarError(
-        404, "unknown_path", f"The sidecar serves the OpenAI API under /v1/, not {request.path}."
-    )
+    shown = shown_path(request.raw_path)  # printable and bounded, whatever the caller sent
+    err = SidecarError(404, "unknown_path", f"The sidecar serves the OpenAI API under /v1/, not {shown}.")
     return error_response(err, new_request_id())
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Whatever the router answers by itself (`OPTIONS *`, `CONNECT host:port`: no route can match such a
+    target) is an OpenAI-shaped error with an `x-request-id` too, never aiohttp's plain text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            return await not_found(request)
+        code = "internal_error" if exc.status >= 500 else _HTTP_CODES.get(exc.status, "invalid_request")
+        return error_response(SidecarError(exc.status, code, exc.reason), new_request_id())

@@ -28,14 +28,16 @@ class PooledRedis(Redis):
         self.slots = asyncio.Semaphore(max_connections)
 
 
-def connect(url: str, timeout: float, max_connections: int = 64) -> PooledRedis:
+def connect(url: str, max_connections: int = 64) -> PooledRedis:
     # Each operation is bounded as a whole by `bounded` (one timer that does not count the sidecar's own
     # stalls, where redis-py's socket_timeout wraps every send in asyncio.wait_for, a task per command).
     pool = ConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        socket_timeout=None,  # redis-py 8 defaults to 5 s; the operation-wide timeout replaces it
-        socket_connect_timeout=timeout,
+        # redis-py 8 defaults to 5 s; the operation-wide timeout replaces both, connecting included (a
+        # timer of redis-py's own would count the loop's stalls: a cold burst opens 64 connections at once).
+        socket_timeout=None,
+        socket_connect_timeout=None,
         retry=Retry(NoBackoff(), 1),  # one immediate retry, e.g. on a stale pooled connection
     )
     return PooledRedis(pool, max_connections)

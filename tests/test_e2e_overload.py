@@ -30,6 +30,7 @@ from sidecar.pii.engine import PiiConfig
 from sidecar.pii.pool import DetectorPool
 from sidecar.pipeline.admit import Admission
 from sidecar.pipeline.context import Call
+from sidecar.policy.daemon import DaemonEngine
 from tests.conftest import (
     ACME_KEY,
     BUNDLE,
@@ -295,6 +296,25 @@ async def test_within_does_not_count_the_loops_stalls() -> None:
     with pytest.raises(TimeoutError):  # no stall: a dependency that never answers times out on time
         await within(0.3, loop.create_future)
     assert 0.25 < time.monotonic() - started < 2.0
+
+
+async def test_a_stalled_loop_is_not_redis_or_opa_time(
+    redis_url: str, own_opa: tuple[subprocess.Popen[bytes], str]
+) -> None:
+    """The loop blocks for 0.6 s while connecting, then while a reply waits: both under a 0.3 s timeout."""
+    loop = asyncio.get_running_loop()
+    store = RedisBudgetStore(redis_url, timeout=0.3)
+    engine = DaemonEngine(own_opa[1], "sidecar/decision", timeout=0.3)
+    await engine.start()
+    try:
+        for _ in range(2):  # a new connection, then a pooled one
+            loop.call_soon(time.sleep, 0.6)
+            assert await store.rate_limit("stall", 100) == 0
+            loop.call_soon(time.sleep, 0.6)
+            assert isinstance(await engine.query("sidecar/decision", {}), dict)
+    finally:
+        await store.close()
+        await engine.close()
 
 
 async def test_waiting_for_a_redis_connection_is_not_redis_time(redis_url: str) -> None:

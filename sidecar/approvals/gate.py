@@ -97,6 +97,8 @@ class Approvals:
         # Pending approvals per tenant, for the metrics gauge (which must be read synchronously): counted
         # from the store every PENDING_REFRESH seconds, and bumped at once when this sidecar asks for one.
         self.pending: Counter[str] = Counter()
+        # Forwarded headers an approval binds (the upstream acts on them): see model.Binding.headers.
+        self._bound = ("openai-beta", *settings.forward_headers)
 
     async def count_pending(self, stop: asyncio.Event, every: float = PENDING_REFRESH) -> None:
         while not stop.is_set():
@@ -129,6 +131,7 @@ class Approvals:
             project=call.project,
             content_type=payload.content_type,
             body_sha256=digest,
+            headers=self._bound_headers(request),
         )
         ticket = ApprovalTicket(model.fingerprint(binding), upload=upload)
         call.approval = ticket  # from here the proxy closes the spool when the call ends
@@ -139,6 +142,11 @@ class Approvals:
         if found is not None:
             ticket.id, ticket.status = found.id, found.current(time.time())
         return {"id": ticket.id, "status": ticket.status}  # type: ignore[typeddict-item]
+
+    def _bound_headers(self, request: web.Request) -> str:
+        # The canonical stage refused repeated headers, so each name has one value here.
+        pairs = sorted((name, request.headers[name]) for name in self._bound if name in request.headers)
+        return orjson.dumps(pairs).decode()
 
     async def check(self, call: Call, decision: Decision, payload: Payload) -> None:
         """Return when the call may pass; else raise the 403 saying where the call's approval stands."""

@@ -62,6 +62,9 @@ class Binding:
     project: str | None  # OpenAI-Project sent upstream
     content_type: str
     body_sha256: str
+    # The forwarded headers that change what the upstream does (`openai-beta`, operator-added ones), as a
+    # JSON array of sorted [name, value] pairs; not the SDK's per-retry `x-stainless-*` or `user-agent`.
+    headers: str = "[]"
 
 
 _BINDING_FIELDS = tuple(f.name for f in dataclasses.fields(Binding))

@@ -285,7 +285,7 @@ def build_store(settings: Settings, redis: Redis | None = None) -> ApprovalStore
     `redis`), else this process's memory."""
     if not settings.redis_url:
         return MemoryApprovalStore(settings.approval_ttl)
-    client = redis if redis is not None else connect(settings.redis_url, settings.redis_timeout)
+    client = redis if redis is not None else connect(settings.redis_url)
     return RedisApprovalStore(
         client, settings.approval_ttl, settings.redis_timeout, owns_client=redis is None
     )

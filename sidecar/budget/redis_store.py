@@ -239,7 +239,7 @@ class RedisBudgetStore:
     def __init__(
         self, url: str, key_prefix: str = "sidecar:", *, timeout: float = 0.5, max_connections: int = 64
     ) -> None:
-        self.redis = connect(url, timeout, max_connections)
+        self.redis = connect(url, max_connections)
         self._slots = self.redis.slots  # shared with the approval store on this client
         self._timeout = timeout
         self._prefix = key_prefix

@@ -71,12 +71,22 @@ def target(path: str, query: str) -> str:
 
 
 def check_headers(headers: Mapping[str, str]) -> None:
-    """Refuse a header whose name or value is not valid UTF-8 (aiohttp's surrogate escapes)."""
+    """Refuse a header whose name or value is not valid UTF-8 (aiohttp's surrogate escapes), and any
+    header sent twice: the policy would see one value while the upstream joins both (`openai-beta`), or
+    the sidecar would read one credential while a peer reads the other."""
+    names: set[str] = set()
     for name, value in headers.items():
         if not name.isascii():
             raise invalid_request("A header name is not ASCII.")
         if not value.isascii() and not _is_utf8(value):
             raise invalid_request(f"The value of header {name!r} is not valid UTF-8.")
+        names.add(name.lower())
+    if len(names) != len(headers):
+        seen: set[str] = set()
+        for name, _ in headers.items():  # (iterating a multidict itself yields each name once)
+            if name.lower() in seen:
+                raise invalid_request(f"The header {name!r} is sent more than once; send it once.")
+            seen.add(name.lower())
 
 
 def canonicalize(request: web.Request, call: Call) -> None:

@@ -62,6 +62,7 @@ def build_input(
             "id": call.id,
             "method": call.method,
             "path": call.path,
+            "query": call.query,  # the upstream acts on it (`?stream=true`, `include[]`, list filters)
             "operation": call.operation,
             "model": summary.model,
             "stream": summary.stream,

@@ -10,8 +10,9 @@ counts, never text.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 import quicktok
@@ -56,12 +57,36 @@ class PiiScanner(Protocol):
     async def scan(self, operation: str, doc: dict[str, Any]) -> PiiFindings: ...
 
 
-async def read_payload(request: web.Request, settings: Settings) -> Payload:
+# The operations whose bodies are multipart/form-data uploads. Any other operation's body is JSON: a
+# multipart body there would stream through unparsed, so its model and content would never be judged.
+MULTIPART_OPERATIONS: Final = frozenset(
+    {
+        "files.create",
+        "uploads.parts.create",
+        "audio.transcriptions.create",
+        "audio.translations.create",
+        "images.edit",
+        "images.create_variation",
+        "containers.files.create",
+    }
+)
+
+
+async def read_payload(request: web.Request, settings: Settings, operation: str | None = None) -> Payload:
+    """The body, read once. `operation` (when known) decides whether a multipart upload is acceptable."""
     content_type = request.content_type  # lower-cased, without parameters
     declared = request.content_length
     if not request.body_exists:
         return Payload("none", content_type, 0)
     multipart = content_type.startswith("multipart/")
+    if multipart and (
+        content_type != "multipart/form-data"
+        or (operation is not None and operation not in MULTIPART_OPERATIONS)
+    ):
+        raise invalid_request(
+            f"Unsupported content type {content_type!r} for this operation: send application/json "
+            "(multipart/form-data only for file, audio and image uploads)."
+        )
     coding = content_coding(request, decodable=not multipart)  # 415 unless the sidecar can decode it
     if multipart:
         if declared is not None and declared > settings.max_upload_bytes:
@@ -131,11 +156,21 @@ def within_depth(doc: dict[str, Any], limit: int) -> bool:
 _OUTPUT_LIMIT_FIELDS = ("max_output_tokens", "max_completion_tokens", "max_tokens")
 
 
+MAX_MODEL_CHARS: Final = 256  # fine-tuned names (`ft:gpt-4o-mini:org:suffix:id`) are well under this
+_MODEL = re.compile(r"[!-~]+")
+
+
 def summarize(payload: Payload) -> Summary:
     doc = payload.doc
     if doc is None:
         return Summary(None, False, None, None, [])
     model = doc.get("model")
+    if isinstance(model, str) and (len(model) > MAX_MODEL_CHARS or not _MODEL.fullmatch(model)):
+        # The model names metrics, spans, budgets and audit lines: an agent must not grow them at will.
+        raise invalid_request(
+            f"The model name must be 1 to {MAX_MODEL_CHARS} printable ASCII characters without spaces.",
+            param="model",
+        )
     limit: int | None = None
     field: str | None = None
     for name in _OUTPUT_LIMIT_FIELDS:

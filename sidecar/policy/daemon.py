@@ -51,11 +51,11 @@ class DaemonEngine:
 
     async def start(self) -> None:
         # The client's own session has a whole-request timeout, which counts the wait for a pooled
-        # connection (and the loop's stalls): ours only bounds connecting; `_timed` bounds the rest.
+        # connection and the loop's stalls; ours has none: `_timed` bounds each request, connecting included.
         self._client._session = aiohttp.ClientSession(
             headers=self._client.headers,
             connector=aiohttp.TCPConnector(limit=CONNECTIONS),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+            timeout=aiohttp.ClientTimeout(total=None),
         )
 
     async def _timed(self, work: Callable[[], Awaitable[_T]]) -> _T:
