@@ -90,7 +90,6 @@ class Proxy:
         try:
             if refused is not None:
                 raise refused
-            await self.admission.enter(call)  # a slot, or 503 overloaded (sidecar.pipeline.admit)
             response = await self._run(request, call)
             status = response.status
             return response
@@ -117,6 +116,9 @@ class Proxy:
         with tel.stage("classify"):  # the operation, then the body, read once
             call.operation = classify(call.method, call.path)
             payload = await read_payload(request, self.settings, call.operation)
+        # A slot (or 503 overloaded: sidecar.pipeline.admit) once the body is in: a caller dribbling its
+        # body waits on its own connection, not in a slot that other tenants need.
+        await self.admission.enter(call)
         summary = tel.summary(summarize(payload))  # (the server span's gen_ai.request.max_tokens)
         call.model, call.stream = summary.model, summary.stream
         if self.pii is not None and payload.doc is not None:

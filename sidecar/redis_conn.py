@@ -29,8 +29,9 @@ class PooledRedis(Redis):
 
 
 def connect(url: str, max_connections: int = 64) -> PooledRedis:
-    # Each operation is bounded as a whole by `bounded` (one timer that does not count the sidecar's own
-    # stalls, where redis-py's socket_timeout wraps every send in asyncio.wait_for, a task per command).
+    # Each operation is bounded as a whole by `bounded`, on a clock that skips the event loop's stalls
+    # (sidecar.deadline); redis-py's socket_timeout would wrap every send in asyncio.wait_for, a task per
+    # command, on the wall clock.
     pool = ConnectionPool.from_url(
         url,
         max_connections=max_connections,

@@ -1,5 +1,5 @@
 """Detection off the event loop: a process pool of Presidio detectors that replaces itself when a worker
-dies, and a cache of results.
+dies or hangs.
 
 spaCy holds the GIL, so threads would not add throughput and would stall the loop; processes do both.
 Workers are recycled after `max_tasks_per_child` tasks because spaCy's string store only grows. One pool
@@ -17,20 +17,21 @@ executor. The backoff is none for a first break, then 0.5 s doubling up to SIDEC
 while breaks keep coming (back to none after twice that long without one), so an agent that kills workers
 on purpose gets at most one rebuild per backoff period. Calls on the broken executor fail with 503
 `pii_unavailable` (reason `worker_died`); calls that arrive meanwhile wait for the new one within
-SIDECAR_PII_TIMEOUT (then reason `restarting`); `status()` feeds /readyz.
+SIDECAR_PII_TIMEOUT (then reason `restarting`); `status()` feeds /readyz. A task still running `hung_after`
+seconds past its timeout (bounded tasks take about a second) means a hung worker: the keeper kills the
+executor's workers, and the pool is replaced the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import hashlib
+import contextlib
 import logging
 import multiprocessing
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -75,22 +76,42 @@ def _broken(executor: ProcessPoolExecutor) -> bool:
     return bool(getattr(executor, "_broken", False))
 
 
+def _processes(executor: ProcessPoolExecutor | None) -> dict[int, Any]:
+    # `_processes` (pid -> Process) is private too, and stable since CPython 3.2. Copied: the executor's
+    # own thread changes it.
+    processes: dict[int, Any] = getattr(executor, "_processes", None) or {}
+    return processes.copy()
+
+
+def _kill(executor: ProcessPoolExecutor) -> None:
+    """SIGKILL the executor's workers (not yet reaped ones only: `Process.kill` skips those)."""
+    for process in _processes(executor).values():
+        with contextlib.suppress(ValueError, OSError):  # closed, or gone meanwhile
+            process.kill()
+
+
 class DetectorPool:
     _shared: dict[tuple[Any, ...], DetectorPool] = {}
 
     def __init__(
         self,
         config: PiiConfig,
+        *,
         workers: int,
         max_tasks_per_child: int,
         memory_mb: int = 0,
         backoff_max: float = 30.0,
+        hung_after: float = 30.0,
     ) -> None:
         self.config = config
         self.workers = max(1, workers)
         self._max_tasks = max_tasks_per_child
         self._initargs = (config, os.getpid(), memory_mb)
         self._backoff_max = backoff_max
+        self._hung_after = hung_after
+        self._overdue: list[
+            tuple[Future[Any], float, int]
+        ] = []  # timed-out tasks: (task, deadline, generation)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -108,18 +129,12 @@ class DetectorPool:
         threading.Thread(target=self._keep, name="pii-pool-keeper", daemon=True).start()
 
     @classmethod
-    def shared(
-        cls,
-        config: PiiConfig,
-        workers: int,
-        max_tasks_per_child: int,
-        memory_mb: int = 0,
-        backoff_max: float = 30.0,
-    ) -> DetectorPool:
-        key = (config.fingerprint(), workers, max_tasks_per_child, memory_mb, backoff_max)
+    def shared(cls, config: PiiConfig, **options: Any) -> DetectorPool:
+        """The pool for these constructor arguments, started by the first caller."""
+        key = (config.fingerprint(), *sorted(options.items()))
         pool = cls._shared.get(key)
         if pool is None:
-            pool = cls._shared[key] = cls(config, workers, max_tasks_per_child, memory_mb, backoff_max)
+            pool = cls._shared[key] = cls(config, **options)
         return pool
 
     async def warm_up(self) -> None:
@@ -136,9 +151,7 @@ class DetectorPool:
 
     def pids(self) -> list[int]:
         """The current executor's worker processes (`_processes`: private, stable since CPython 3.2)."""
-        executor = self._executor
-        processes: dict[int, Any] = getattr(executor, "_processes", None) or {}
-        return list(processes.copy())
+        return list(_processes(self._executor))
 
     async def analyze(self, texts: list[str], seconds: float) -> list[list[Span]]:
         """Spans for each text. Windows of long texts and batches of short ones are spread over the workers.
@@ -224,10 +237,15 @@ class DetectorPool:
         # once fewer than `workers` tasks submitted before it are unfinished (a FIFO semaphore), and it
         # does not count the event loop's stalls (sidecar.deadline).
         try:
-            done = asyncio.wrap_future(executor.submit(worker.analyze, texts))
+            task = executor.submit(worker.analyze, texts)
+            done = asyncio.wrap_future(task)
             try:
                 async with self._free.get():
                     return await within(seconds, lambda: done)
+            except TimeoutError:
+                with self._lock:  # the keeper takes its worker for hung if it is still at it much later
+                    self._overdue.append((task, time.monotonic() + self._hung_after, generation))
+                raise
             finally:
                 done.cancel()  # given up (a timeout, the caller gone) before it ran: not worth a worker
         except (BrokenExecutor, RuntimeError) as exc:
@@ -258,11 +276,23 @@ class DetectorPool:
                     return
                 self._start_executor()
             else:
-                executor = self._executor
-                if executor is not None and _broken(executor):
-                    self._mark_broken(self.generation, "a worker process died")
+                self._check()
             self._wake.wait(_POLL)
             self._wake.clear()
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            executor, generation = self._executor, self.generation
+            self._overdue = [o for o in self._overdue if not o[0].done() and o[2] == generation]
+            hung = any(deadline <= now for _, deadline, _ in self._overdue)
+        if executor is None:
+            return
+        if hung:
+            _kill(executor)
+            self._mark_broken(generation, "a worker hung: a task ran far past SIDECAR_PII_TIMEOUT")
+        elif _broken(executor):
+            self._mark_broken(generation, "a worker process died")
 
     def _start_executor(self) -> None:
         with self._lock:
@@ -280,6 +310,7 @@ class DetectorPool:
             generation = self.generation
             self._need_executor = False
         if old is not None:
+            _kill(old)  # the executor only SIGTERMs the rest, which a stopped or stuck process outlives
             old.shutdown(wait=False, cancel_futures=True)
         try:  # one warm-up task per worker: each submit starts a process while none is idle
             warming = [executor.submit(worker.analyze, ["warm up"]) for _ in range(self.workers)]
@@ -337,36 +368,3 @@ class DetectorPool:
 def _shutdown_shared() -> None:
     for pool in DetectorPool._shared.values():
         pool.shutdown()
-
-
-class SpanCache:
-    """Bounded LRU of detection results keyed by a hash of the text and the detector's configuration.
-
-    Agents resend the whole conversation every turn; with this, a turn only analyses text it has not seen.
-    It holds digests and spans, never text.
-    """
-
-    def __init__(self, fingerprint: str, entries: int) -> None:
-        self._salt = fingerprint.encode()
-        self._entries = entries
-        self._data: OrderedDict[bytes, tuple[Span, ...]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def key(self, text: str) -> bytes:
-        return hashlib.blake2b(text.encode(), digest_size=16, key=self._salt[:64]).digest()
-
-    def get(self, key: bytes) -> tuple[Span, ...] | None:
-        spans = self._data.get(key)
-        if spans is None:
-            self.misses += 1
-            return None
-        self._data.move_to_end(key)
-        self.hits += 1
-        return spans
-
-    def put(self, key: bytes, spans: Sequence[Span]) -> None:
-        self._data[key] = tuple(spans)
-        self._data.move_to_end(key)
-        while len(self._data) > self._entries:
-            self._data.popitem(last=False)

@@ -11,10 +11,11 @@ from typing import Any
 from sidecar.config import Settings
 from sidecar.documents import Decision
 from sidecar.errors import SidecarError
+from sidecar.pii.cache import SpanCache
 from sidecar.pii.engine import PiiConfig, Span
 from sidecar.pii.fields import Fields, collect
 from sidecar.pii.mask import Placeholders, mask_fields
-from sidecar.pii.pool import DetectorPool, PiiUnavailable, SpanCache, unavailable
+from sidecar.pii.pool import DetectorPool, PiiUnavailable, unavailable
 from sidecar.pii.respond import ChatStreamMask, Detect, JsonResponseMask, ResponsesStreamMask
 from sidecar.pii.restore import Restorer
 from sidecar.pii.transforms import ChatRestore, JsonRestore, ResponsesRestore
@@ -47,10 +48,11 @@ class PresidioScanner:
         self._settings = settings
         self.pool = DetectorPool.shared(
             self.config,
-            settings.pii_workers,
-            settings.pii_max_tasks_per_child,
-            settings.pii_worker_memory_mb,
-            settings.pii_restart_backoff_max,
+            workers=settings.pii_workers,
+            max_tasks_per_child=settings.pii_max_tasks_per_child,
+            memory_mb=settings.pii_worker_memory_mb,
+            backoff_max=settings.pii_restart_backoff_max,
+            hung_after=3 * settings.pii_timeout,  # a task this long past its timeout has a hung worker
         )
         self.cache = SpanCache(self.config.fingerprint(), settings.pii_cache_entries)
 

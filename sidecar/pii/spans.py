@@ -9,6 +9,8 @@ Neighbouring windows overlap by at least `OVERLAP` characters, and each window o
 its part of the text; the boundary between two windows is the middle of their overlap. So an entity of up
 to `OVERLAP // 2` characters is found whole and once, with at least `OVERLAP // 2` characters of context on
 either side (the negative-context filter and context words read fewer), as if the text had not been cut.
+A longer one that the previous window saw cut off at its end is also taken from the window that sees more
+of it; overlap resolution then keeps the longer.
 """
 
 from __future__ import annotations
@@ -75,12 +77,14 @@ def merge(wins: Sequence[Window], found: Sequence[Sequence[Span]]) -> list[Span]
     """One text's spans from its windows' spans (offsets relative to each window's text)."""
     if len(wins) == 1:
         return list(found[0])
-    spans = [
-        Span(s.entity, s.start + w.start, s.end + w.start, s.score)
-        for w, spans in zip(wins, found, strict=True)
-        for s in spans
-        if w.owns_from <= s.start + w.start < w.owns_to
-    ]
+    spans: list[Span] = []
+    previous_end = 0
+    for w, in_window in zip(wins, found, strict=True):
+        for s in in_window:
+            start, end = s.start + w.start, s.end + w.start
+            if w.owns_from <= start < w.owns_to or (start < w.owns_from and end > previous_end):
+                spans.append(Span(s.entity, start, end, s.score))
+        previous_end = w.end
     return resolve(spans)  # a span owned by one window may still overlap one owned by the next
 
 

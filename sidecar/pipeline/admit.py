@@ -1,9 +1,11 @@
-"""Admission: the first stage. It bounds the calls the sidecar checks at once, queues a few more, and
-sheds the rest with its own error (503 `overloaded` + `retry-after`, docs/errors.md), before any stage
-has touched a dependency, so nothing is half-applied (a rate-limit count, a budget reservation).
+"""Admission: once a call is authenticated and its body is in, it bounds the calls the sidecar checks at
+once, queues a few more, and sheds the rest with its own error (503 `overloaded` + `retry-after`,
+docs/errors.md), before the PII workers, the store or the policy are touched, so nothing is half-applied
+(a rate-limit count, a budget reservation).
 
-A call holds its slot while the sidecar works on it (authenticate ... enforce) and gives it back when it
-is forwarded: waiting for the upstream, possibly minutes for a stream, is not the sidecar's load.
+A call holds its slot while the sidecar works on it (inspect ... enforce) and gives it back when it is
+forwarded: waiting for the upstream, possibly minutes for a stream, is not the sidecar's load; nor is
+waiting for a slow caller's body, which would let one caller's dribbled bodies shed every other tenant.
 Calls over SIDECAR_MAX_CONCURRENCY wait in a FIFO queue; a call that finds SIDECAR_MAX_QUEUE calls
 already waiting, or that waits longer than SIDECAR_QUEUE_TIMEOUT, is shed. Shedding is decided by these
 counts and that wait only, so it is deterministic: event-loop lag is not a trigger (the concurrency

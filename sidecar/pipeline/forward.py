@@ -80,7 +80,9 @@ class Forwarder:
         )
         timeout = aiohttp.ClientTimeout(
             total=None,
-            connect=self._settings.upstream_connect_timeout,
+            # The TCP/TLS connect alone: aiohttp's `connect` would also count the wait for a free pooled
+            # connection, which is the sidecar's own load, and blame the upstream for it (a 504).
+            sock_connect=self._settings.upstream_connect_timeout,
             sock_read=self._settings.upstream_read_timeout,
         )
         # The provider sees no sidecar-specific User-Agent: the caller's own is passed on.
