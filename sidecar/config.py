@@ -234,12 +234,12 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[st
     """SIDECAR_* variables that name no setting (a typo is reported, never silently ignored), each with
     the closest real name when there is one."""
     env = os.environ if environ is None else environ
-    names = [f"SIDECAR_{name.upper()}" for name in _FIELDS]
     found = []
     for var in sorted(env):
         if var.startswith("SIDECAR_") and var not in NOT_SETTINGS and var.lower()[8:] not in _FIELDS:
-            close = difflib.get_close_matches(var, names, n=1)
-            found.append((var, close[0] if close else None))
+            # Compared without the shared prefix, which would make every name look close.
+            close = difflib.get_close_matches(var.lower()[8:], list(_FIELDS), n=1)
+            found.append((var, f"SIDECAR_{close[0].upper()}" if close else None))
     return found
 
 

@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 
 from sidecar.approvals.gate import Approvals
 from sidecar.config import Settings
-from sidecar.documents import BudgetDoc
+from sidecar.documents import BudgetDoc, Decision, PolicyInput
 from sidecar.errors import SidecarError, error_response
 from sidecar.logs import raised_at
 from sidecar.pipeline.admit import Admission
@@ -130,11 +130,7 @@ class Proxy:
             call.decision = decision = await self.decider.decide(call, doc)
         self.forwarder.bind_account(call, request, decision)  # before the approval lookup binds it
         if decision.allow and decision.require_approval and self.approvals is not None:
-            # Only gated calls touch the approval store; the policy is asked again with the approval's status.
-            doc["approval"] = await tel.run("approval", self.approvals.lookup(call, request, payload))
-            if doc["approval"]["status"] != "none":
-                call.decision = decision = await tel.run("policy", self.decider.decide(call, doc))
-                self.forwarder.bind_account(call, request, decision, again=True)
+            decision = await self._approval_step(request, call, payload, doc, self.approvals)
         plan = await tel.run("enforce", self.enforcer.enforce(call, decision, payload, summary))
         ok = False
         try:
@@ -167,6 +163,23 @@ class Proxy:
                 # The upstream acted on the request (even if the caller then left): the approval is used.
                 accepted = call.upstream_status is not None and call.upstream_status < 400
                 await self.approvals.finish(call, accepted)
+
+    async def _approval_step(
+        self, request: web.Request, call: Call, payload: Payload, doc: PolicyInput, approvals: Approvals
+    ) -> Decision:
+        """Only gated calls touch the approval store; the policy is asked again with the approval's status."""
+        tel = self.telemetry
+        spooling = payload.kind == "stream"  # a gated upload is read in full now: not the sidecar's load
+        if spooling:
+            self.admission.done(call)
+        doc["approval"] = await tel.run("approval", approvals.lookup(call, request, payload))
+        if spooling:
+            await self.admission.enter(call)
+        assert call.decision is not None
+        if doc["approval"]["status"] != "none":
+            call.decision = await tel.run("policy", self.decider.decide(call, doc))
+            self.forwarder.bind_account(call, request, call.decision, again=True)
+        return call.decision
 
     async def _scan_pii(self, call: Call, payload: Payload, scanner: PiiScanner, doc: dict[str, Any]) -> None:
         started = time.perf_counter()

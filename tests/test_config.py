@@ -60,3 +60,23 @@ def test_unknown_file_setting_is_refused(tmp_path: Path) -> None:
     cfg.write_text("prot: 80\n")
     with pytest.raises(ConfigError, match="unknown setting"):
         config.load(str(cfg), environ={})
+
+
+@pytest.mark.parametrize("word", ["ture", "enabled", "2", ""])
+def test_an_invalid_boolean_is_reported_not_read_as_false(word: str) -> None:
+    with pytest.raises(ConfigError, match=r"SIDECAR_BUNDLE_WATCH|bundle_watch"):
+        config.load(environ={"SIDECAR_STATIC_KEYS_FILE": "k", "SIDECAR_BUNDLE_WATCH": word})
+
+
+@pytest.mark.parametrize(("word", "value"), [("off", False), ("NO", False), ("On", True), ("1", True)])
+def test_boolean_words(word: str, value: bool) -> None:
+    s = config.load(environ={"SIDECAR_STATIC_KEYS_FILE": "k", "SIDECAR_BUNDLE_WATCH": word})
+    assert s.bundle_watch is value
+
+
+def test_a_misspelled_variable_is_reported_with_the_closest_name() -> None:
+    env = {"SIDECAR_UPSTREM_URL": "x", "SIDECAR_PORT": "1", "SIDECAR_CACHE_DIR": "/c", "SIDECAR_ZZZZZZ": "1"}
+    assert config.unknown_variables(env) == [
+        ("SIDECAR_UPSTREM_URL", "SIDECAR_UPSTREAM_URL"),
+        ("SIDECAR_ZZZZZZ", None),
+    ]

@@ -161,6 +161,7 @@ async def test_a_burst_never_blames_a_healthy_redis_or_opa(
 
 # --- 2. shedding ------------------------------------------------------------------------------------------
 
+
 async def hold_slots(admission: Admission, count: int) -> list[Call]:
     """Calls the sidecar is busy checking (each holds a slot until `admission.done`). A caller's slow body
     no longer holds one (tests/test_e2e_redteam_issue15.py), so the slots are taken as a stage would."""

@@ -56,7 +56,10 @@ async def post(sc: RunningSidecar, path: str, body: bytes, headers: dict[str, st
 # --- 1. a model the policy blocks reaches the upstream inside a multipart form -----------------------
 
 
-@pytest.mark.xfail(strict=True, reason="open: multipart text fields (model, purpose) reach the policy with issue 10's streamed multipart parser")
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: multipart text fields (model, purpose) reach the policy with issue 10's streamed multipart parser",
+)
 async def test_a_blocked_model_in_a_multipart_form_is_judged(
     make_sidecar: MakeSidecar, upstream: Upstream
 ) -> None:
@@ -168,7 +171,9 @@ async def test_model_strings_cannot_grow_the_metrics_without_bound(
 # --- 6. the reservation ignores `n` -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="open: issue 10 item 2: the reservation bounds what the upstream can bill (n choices)")
+@pytest.mark.xfail(
+    strict=True, reason="open: issue 10 item 2: the reservation bounds what the upstream can bill (n choices)"
+)
 async def test_the_reservation_covers_every_choice(make_sidecar: MakeSidecar, upstream: Upstream) -> None:
     """Chat `n` makes the upstream generate n choices of up to the output cap each (OpenAI bills them
     all); the reservation counts one. Concurrent calls with n=128 each fit the budget check while using

@@ -106,12 +106,11 @@ class DetectorPool:
         self.config = config
         self.workers = max(1, workers)
         self._max_tasks = max_tasks_per_child
-        self._initargs = (config, os.getpid(), memory_mb)
+        self._initargs = (config, os.getpid(), memory_mb)  # and a new Barrier per executor
         self._backoff_max = backoff_max
         self._hung_after = hung_after
-        self._overdue: list[
-            tuple[Future[Any], float, int]
-        ] = []  # timed-out tasks: (task, deadline, generation)
+        # Tasks that timed out but may still be running: (task, when it counts as hung, generation).
+        self._overdue: list[tuple[Future[Any], float, int]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = threading.Event()
@@ -167,7 +166,7 @@ class DetectorPool:
             total = sum(len(piece[2]) for piece in pieces)
             per_task = size if total < _SPLIT_FROM else min(size, -(-total // self.workers))
             tasks = list(batches(pieces, lambda piece: len(piece[2]), per_task))
-            executor, generation = await self._ready_within(seconds)
+            executor, generation = self._serving() or await self._ready_within(seconds)
             results = await self._run(executor, generation, [[p[2] for p in task] for task in tasks], seconds)
             for task, result in zip(tasks, results, strict=True):
                 for (i, j, _), spans in zip(task, result, strict=True):
@@ -197,18 +196,25 @@ class DetectorPool:
                 "Retry shortly.",
             ) from None
 
+    def _serving(self) -> tuple[ProcessPoolExecutor, int] | None:
+        """The current executor if it is warm and whole (the common case: no waiting, no timer)."""
+        with self._lock:
+            executor, generation, state = self._executor, self.generation, self.state
+        if executor is None or state != "ready":
+            return None
+        if _broken(executor):
+            self._mark_broken(generation, "a worker process died")  # before the keeper noticed
+            return None
+        return executor, generation
+
     async def _working(self) -> tuple[ProcessPoolExecutor, int]:
         """The current executor once it is warm (waiting through a rebuild)."""
         while True:
             with self._lock:
                 ready = self._ready
             await asyncio.wrap_future(ready)
-            with self._lock:
-                executor, generation = self._executor, self.generation
-            if executor is not None and self.state == "ready":
-                if not _broken(executor):
-                    return executor, generation
-                self._mark_broken(generation, "a worker process died")  # before the keeper noticed
+            if (serving := self._serving()) is not None:
+                return serving
 
     async def _run(
         self, executor: ProcessPoolExecutor, generation: int, tasks: list[list[str]], seconds: float
@@ -299,11 +305,12 @@ class DetectorPool:
             if self.state == "closed":
                 return
             old = self._executor
+            spawn = multiprocessing.get_context("spawn")
             executor = self._executor = ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=spawn,
                 initializer=worker.init,
-                initargs=self._initargs,
+                initargs=(*self._initargs, spawn.Barrier(self.workers)),
                 max_tasks_per_child=self._max_tasks,
             )
             self.generation += 1
@@ -313,19 +320,19 @@ class DetectorPool:
             _kill(old)  # the executor only SIGTERMs the rest, which a stopped or stuck process outlives
             old.shutdown(wait=False, cancel_futures=True)
         try:  # one warm-up task per worker: each submit starts a process while none is idle
-            warming = [executor.submit(worker.analyze, ["warm up"]) for _ in range(self.workers)]
+            warming = [executor.submit(worker.warmed) for _ in range(self.workers)]
         except RuntimeError as exc:  # BrokenProcessPool: a worker died already
             self._mark_broken(generation, "a worker died while starting", exc)
             return
 
-        def done(_: Future[list[list[Span]]]) -> None:
+        def done(_: Future[int]) -> None:
             if all(f.done() for f in warming):
                 self._warmed(generation, warming)
 
         for future in warming:
             future.add_done_callback(done)
 
-    def _warmed(self, generation: int, warming: list[Future[list[list[Span]]]]) -> None:
+    def _warmed(self, generation: int, warming: list[Future[int]]) -> None:
         failed = next((f for f in warming if f.cancelled() or f.exception() is not None), None)
         if failed is not None:
             exc = None if failed.cancelled() else failed.exception()

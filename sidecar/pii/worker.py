@@ -10,14 +10,17 @@ import resource
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from sidecar.pii.engine import Detector, PiiConfig, Span
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_WARM_TIMEOUT = 300.0  # seconds for every worker of a pool to build its detector (a dead one breaks it first)
 
 _detector: Detector | None = None
+_started: Any = None  # the pool's multiprocessing Barrier: every worker waits at it once, when warming up
 
 
 class WorkerOutOfMemory(Exception):
@@ -51,13 +54,21 @@ def _limit_memory(headroom_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def init(config: PiiConfig, parent: int, memory_mb: int) -> None:
+def init(config: PiiConfig, parent: int, memory_mb: int, started: Any) -> None:
     """The pool's initializer: one detector per worker process, built and warmed before any task."""
-    global _detector  # noqa: PLW0603
+    global _detector, _started  # noqa: PLW0603
     _die_with_parent(parent)
     _detector = Detector(config)
     _detector.warm_up()
     _limit_memory(memory_mb)
+    _started = started
+
+
+def warmed() -> int:
+    """The pool's warm-up task, one per worker: it returns once every worker has built its detector, so no
+    worker takes two of them and a pool is only called warm when all of its workers are."""
+    _started.wait(_WARM_TIMEOUT)
+    return os.getpid()
 
 
 def analyze(texts: Sequence[str]) -> list[list[Span]]:
