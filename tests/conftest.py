@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -59,7 +60,7 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before answering {url}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before answering {url}")
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
@@ -81,6 +82,18 @@ class Upstream:
 
     async def requests(self) -> list[dict[str, Any]]:
         return list(await self._get("/_dev/requests"))
+
+    async def fail_next(self, status: int, count: int = 1) -> None:
+        body = {"status": status, "count": count}
+        async with aiohttp.ClientSession() as s, s.post(self.url + "/_dev/fail-next", json=body) as r:
+            assert r.status == 200, await r.text()
+
+    def requests_sync(self) -> list[dict[str, Any]]:
+        """The same, for synchronous tests (hypothesis drives those)."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/_dev/requests", timeout=10) as resp:
+            return list(json.load(resp))
 
     async def stats(self) -> dict[str, int]:
         return dict(await self._get("/_dev/stats"))
@@ -114,6 +127,49 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("keys") / "keys.json"
     path.write_text(json.dumps(CALLERS))
     return str(path)
+
+
+@dataclass
+class Served:
+    """A `sidecar serve` process (a real process: what an agent's pod runs)."""
+
+    port: int
+    admin: int
+    proc: subprocess.Popen[bytes]
+    audit: Path
+
+    def audited(self, request_id: str) -> list[dict[str, Any]]:
+        lines = self.audit.read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["decision_id"] == request_id]
+
+
+@contextlib.contextmanager
+def sidecar_process(upstream: Upstream, keys_file: str, folder: Path, **settings: str) -> Iterator[Served]:
+    """Run `sidecar serve` on free ports against `upstream` until the block ends; `settings` add to or
+    override SIDECAR_* variables (the bundle defaults to the shipped one, PII to patterns)."""
+    port, admin = free_port(), free_port()
+    env = {
+        **os.environ,
+        "SIDECAR_PORT": str(port),
+        "SIDECAR_ADMIN_PORT": str(admin),
+        "SIDECAR_UPSTREAM_URL": upstream.url,
+        "SIDECAR_UPSTREAM_API_KEY": PROVIDER_KEY,
+        "SIDECAR_STATIC_KEYS_FILE": keys_file,
+        "SIDECAR_AUDIT_LOG": str(folder / "audit.log"),
+        "SIDECAR_BUNDLE": str(BUNDLE),
+        "SIDECAR_BUNDLE_WATCH": "false",
+        "SIDECAR_PII_MODE": "patterns",
+        "SIDECAR_PII_WORKERS": "1",
+        "SIDECAR_LOG_LEVEL": "error",
+        **settings,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], cwd=ROOT, env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=60, proc=proc)
+        yield Served(port, admin, proc, folder / "audit.log")
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 @dataclass

@@ -141,8 +141,10 @@ async def test_a_failed_call_does_not_use_up_the_approval(
     sidecar = await make_sidecar()
     _, approval_id = await held(sidecar, "file-flaky")
     await admin(sidecar, "POST", f"/v1/approvals/{approval_id}/approve")
+    # The identical request fails upstream (a changed header would be another request: it is bound).
+    await upstream.fail_next(500)
     with pytest.raises(openai.InternalServerError):
-        await create_batch(sidecar, "file-flaky", extra_headers={"x-dev-upstream-fail": "500"})
+        await create_batch(sidecar, "file-flaky")
     status, doc = await admin(sidecar, "GET", f"/v1/approvals/{approval_id}")
     assert status == 200 and doc["status"] == "approved"
     assert (await create_batch(sidecar, "file-flaky")).id.startswith("batch_")  # the retry passes, once

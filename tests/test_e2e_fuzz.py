@@ -21,12 +21,9 @@ import gzip
 import json
 import os
 import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import h11
@@ -36,7 +33,13 @@ from hypothesis import strategies as st
 
 from sidecar.pipeline.canonical import canonical_target
 from sidecar.pipeline.canonical import target as target_of
-from tests.conftest import ACME_KEY, PROVIDER_KEY, ROOT, Upstream, free_port, wait_http
+from tests.conftest import (
+    ACME_KEY,
+    PROVIDER_KEY,
+    Served,
+    Upstream,
+    sidecar_process,
+)
 
 EXAMPLES = int(os.environ.get("SIDECAR_FUZZ_EXAMPLES", "120"))
 # Request headers the upstream may see: the sidecar's forwarding allowlist plus what it sets itself.
@@ -61,39 +64,10 @@ TALLY = {"forwarded": 0, "refused": 0, "answered": 0}  # what the examples exerc
 AMBIGUOUS = ("%2f", "%25", "/./", "/../", "//", "\\", "%2e")
 
 
-@dataclass
-class Served:
-    port: int
-    admin: int
-    proc: subprocess.Popen[bytes]
-    audit: Path
-
-
 @pytest.fixture(scope="module")
 def served(upstream: Upstream, keys_file: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    folder = tmp_path_factory.mktemp("fuzz")
-    port, admin = free_port(), free_port()
-    env = {
-        **os.environ,
-        "SIDECAR_PORT": str(port),
-        "SIDECAR_ADMIN_PORT": str(admin),
-        "SIDECAR_UPSTREAM_URL": upstream.url,
-        "SIDECAR_UPSTREAM_API_KEY": PROVIDER_KEY,
-        "SIDECAR_STATIC_KEYS_FILE": keys_file,
-        "SIDECAR_AUDIT_LOG": str(folder / "audit.log"),
-        "SIDECAR_BUNDLE": str(ROOT / "rego"),
-        "SIDECAR_BUNDLE_WATCH": "false",
-        "SIDECAR_PII_MODE": "patterns",
-        "SIDECAR_PII_WORKERS": "1",
-        "SIDECAR_LOG_LEVEL": "error",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], cwd=ROOT, env=env)
-    try:
-        wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=60, proc=proc)
-        yield Served(port, admin, proc, folder / "audit.log")
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with sidecar_process(upstream, keys_file, tmp_path_factory.mktemp("fuzz")) as running:
+        yield running
 
 
 # --- the attacker's inputs ---------------------------------------------------------------------------
@@ -229,11 +203,6 @@ def _alive(served: Served) -> None:
         assert resp.status == 200
 
 
-def _upstream_log(upstream: Upstream) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(upstream.url + "/_dev/requests", timeout=10) as resp:
-        return list(json.loads(resp.read()))
-
-
 def _is_openai_error(answer: Answer) -> dict[str, Any]:
     doc = json.loads(answer.body)
     error = doc["error"]
@@ -254,7 +223,7 @@ def test_random_bytes_never_crash_confuse_or_leak(
     served: Served, upstream: Upstream, req: tuple[str, bytes, bytes]
 ) -> None:
     method, target, raw = req
-    seen = len(_upstream_log(upstream))
+    seen = len(upstream.requests_sync())
     answer = exchange(served.port, raw, method)
     _alive(served)
 
@@ -267,7 +236,7 @@ def test_random_bytes_never_crash_confuse_or_leak(
     assert request_id, f"no x-request-id on {answer.status}"
 
     reached = [
-        r for r in _upstream_log(upstream)[seen:] if r["headers"].get("x-client-request-id") == request_id
+        r for r in upstream.requests_sync()[seen:] if r["headers"].get("x-client-request-id") == request_id
     ]
     TALLY["answered"] += 1
     TALLY["forwarded" if reached else "refused"] += 1

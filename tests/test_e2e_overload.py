@@ -312,7 +312,7 @@ async def test_waiting_for_a_redis_connection_is_not_redis_time(redis_url: str) 
 async def test_waiting_for_a_pii_worker_is_not_detection_time() -> None:
     # One worker, 150 texts at once with a 0.5 s timeout: detection takes ~15 ms a text, so most texts
     # wait longer than the timeout for the worker. (Counted whole, ~90% failed.)
-    pool = DetectorPool(PiiConfig.load("patterns", 0.35, None), 1, 2000)
+    pool = DetectorPool(PiiConfig.load("patterns", 0.35, None), workers=1, max_tasks_per_child=2000)
     texts = [f"Ticket {i}: mail jane.doe{i}@example.com or call 555-0100. " * 30 for i in range(150)]
     try:
         await pool.warm_up()

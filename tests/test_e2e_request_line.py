@@ -9,14 +9,7 @@ cleans them up) against a running sidecar in front of the dev upstream.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,19 +19,20 @@ from hypothesis import strategies as st
 from sidecar.errors import SidecarError
 from sidecar.pipeline.canonical import PCHAR_SAFE, canonical_target, target
 from sidecar.pipeline.classify import classify
-from tests.conftest import ACME_KEY, PROVIDER_KEY, MakeSidecar, Upstream, free_port, wait_http
+from tests.conftest import (
+    ACME_KEY,
+    MakeSidecar,
+    Served,
+    Upstream,
+    sidecar_process,
+)
 from tests.raw_http import asend_raw, send_raw
 
 AUTH = [("Authorization", f"Bearer {ACME_KEY}")]
 
 
-def _upstream_log(upstream: Upstream) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(upstream.url + "/_dev/requests") as resp:
-        return list(json.load(resp))
-
-
 def _seen_upstream(upstream: Upstream, request_id: str) -> list[dict[str, Any]]:
-    return [e for e in _upstream_log(upstream) if e["headers"].get("x-client-request-id") == request_id]
+    return [e for e in upstream.requests_sync() if e["headers"].get("x-client-request-id") == request_id]
 
 
 def _port(url: str) -> int:
@@ -118,45 +112,16 @@ async def test_other_spellings_are_forwarded_in_canonical_form(
 PERMISSIVE = 'package sidecar\n\ndecision := {"allow": true}\n'
 
 
-@dataclass
-class Served:
-    port: int
-    admin: int
-    proc: subprocess.Popen[bytes]
-    audit: Path
-
-    def audited(self, request_id: str) -> list[dict[str, Any]]:
-        lines = self.audit.read_text().splitlines()
-        return [r for r in map(json.loads, lines) if r["decision_id"] == request_id]
-
-
 @pytest.fixture(scope="module")
 def served(upstream: Upstream, keys_file: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`sidecar serve`, allowing every call: what is judged is then always what is forwarded."""
     folder = tmp_path_factory.mktemp("request-line")
     (folder / "bundle").mkdir()
     (folder / "bundle" / "policy.rego").write_text(PERMISSIVE)
-    port, admin = free_port(), free_port()
-    env = {
-        **os.environ,
-        "SIDECAR_PORT": str(port),
-        "SIDECAR_ADMIN_PORT": str(admin),
-        "SIDECAR_UPSTREAM_URL": upstream.url,
-        "SIDECAR_UPSTREAM_API_KEY": PROVIDER_KEY,
-        "SIDECAR_STATIC_KEYS_FILE": keys_file,
-        "SIDECAR_AUDIT_LOG": str(folder / "audit.log"),
-        "SIDECAR_BUNDLE": str(folder / "bundle"),
-        "SIDECAR_BUNDLE_WATCH": "false",
-        "SIDECAR_PII_MODE": "off",
-        "SIDECAR_LOG_LEVEL": "error",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "sidecar", "serve"], env=env)
-    try:
-        wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=60, proc=proc)
-        yield Served(port, admin, proc, folder / "audit.log")
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with sidecar_process(
+        upstream, keys_file, folder, SIDECAR_BUNDLE=str(folder / "bundle"), SIDECAR_PII_MODE="off"
+    ) as running:
+        yield running
 
 
 def test_header_that_is_not_utf8_is_400_and_the_process_lives(served: Served, upstream: Upstream) -> None:

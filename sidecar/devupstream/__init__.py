@@ -41,6 +41,8 @@ Test endpoints (never behind `--api-key`, never logged or counted):
 - `GET /_dev/stats`: `{"requests", "streams_started", "streams_completed", "streams_cancelled"}` (a stream
   is cancelled when its client goes away before the last event); `DELETE /_dev/stats` zeroes it.
 - `GET /_dev/health`: `{"status": "ok"}`.
+- `POST /_dev/fail-next` `{"status": 500, "count": 1}`: the next `count` /v1 calls get that OpenAI error
+  (for a failure of a request identical to one that succeeds, e.g. an approved one).
 Every response carries an `x-request-id`.
 """
 

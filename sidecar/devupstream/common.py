@@ -85,6 +85,9 @@ class DevState:
     id_seq: int = 0
     files: OrderedDict[str, StoredFile] = field(default_factory=OrderedDict)
     responses: OrderedDict[str, JSON] = field(default_factory=OrderedDict)
+    fail_next: deque[int] = field(
+        default_factory=deque
+    )  # statuses for the next /v1 calls (POST /_dev/fail-next)
 
     def next_id(self, prefix: str) -> str:
         self.id_seq += 1

@@ -101,6 +101,16 @@ def _check_auth(request: web.Request, api_key: str) -> web.Response | None:
     return resp
 
 
+async def dev_fail_next(request: web.Request) -> web.Response:
+    """`{"status": 500, "count": 1}`: the next `count` /v1 calls get that OpenAI error, whatever they send."""
+    doc = await request.json()
+    status, count = int(doc.get("status", 500)), int(doc.get("count", 1))
+    if not 400 <= status <= 599 or not 0 < count <= 100:
+        return error_response(400, "status must be 400-599 and count 1-100", code="invalid_request")
+    state_of(request).fail_next.extend([status] * count)
+    return web.json_response({"queued": len(state_of(request).fail_next)})
+
+
 @web.middleware
 async def dev_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/_dev/"):
@@ -125,6 +135,8 @@ async def dev_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     fail = request.headers.get(HDR_FAIL)
     if resp is None and fail:
         resp = _injected_failure(fail)
+    if resp is None and state.fail_next:  # a failure for an otherwise identical request
+        resp = error_response(state.fail_next.popleft())
     if resp is None:
         try:
             resp = await handler(request)
@@ -195,6 +207,7 @@ def create_app(*, api_key: str | None = None, latency_ms: float = 0.0) -> web.Ap
     r.add_get("/_dev/stats", dev_stats)
     r.add_delete("/_dev/stats", dev_reset_stats)
     r.add_get("/_dev/health", dev_health)
+    r.add_post("/_dev/fail-next", dev_fail_next)
     r.add_route("*", "/{tail:.*}", not_found)
     return app
 
