@@ -54,6 +54,7 @@ fmt: install
 
 bench: install ## sidecar overhead vs a direct call, side by side with LiteLLM; then PII masking cost
 	OPA_BIN=$(OPA) $(BIN)/python bench/bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/request_line.py
 	$(BIN)/python bench/pii.py $(BENCH_ARGS)
 	$(BIN)/python bench/budget.py $(BENCH_ARGS)
 
