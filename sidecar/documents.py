@@ -128,6 +128,8 @@ class Decision:
             raise MalformedDecision("the policy's decision is undefined")
         if not isinstance(doc, dict):
             raise MalformedDecision(f"the decision is a {type(doc).__name__}, not an object")
+        # A misspelled field (`require_aproval`) must not silently drop what it asked for: deny instead.
+        _known(doc, _DECISION_FIELDS, "decision")
         allow = doc.get("allow")
         if not isinstance(allow, bool):
             raise MalformedDecision("decision.allow must be a boolean")
@@ -137,6 +139,8 @@ class Decision:
         rpm = _optional(doc, "rate_limit", dict)
         organization, project = _upstream(_optional(doc, "upstream", dict) or {})
         budget = _optional(doc, "budget", dict) or {}
+        _known(budget, {"limits", "default_output_tokens"}, "decision.budget")
+        _known(rpm or {}, {"requests_per_minute", "per"}, "decision.rate_limit")
         return cls(
             allow=allow,
             reasons=_strings(doc, "reasons"),
@@ -188,6 +192,27 @@ class Decision:
         }
 
 
+_DECISION_FIELDS = frozenset(
+    {
+        "allow",
+        "reasons",
+        "code",
+        "require_approval",
+        "approvers",
+        "mask",
+        "budget",
+        "max_output_tokens",
+        "rate_limit",
+        "upstream",
+    }
+)
+
+
+def _known(doc: dict[str, Any], fields: frozenset[str] | set[str], where: str) -> None:
+    if unknown := set(doc) - fields:
+        raise MalformedDecision(f"{where}: unknown field(s) {sorted(unknown)} (docs/decision.md)")
+
+
 def _optional(doc: dict[str, Any], key: str, kind: type) -> Any:
     value = doc.get(key)
     if value is not None and not isinstance(value, kind):
@@ -234,12 +259,14 @@ def _upstream(doc: dict[str, Any]) -> tuple[str | None, str | None]:
 def _mask(doc: dict[str, Any]) -> MaskDecision:
     def rule(key: str) -> MaskRule:
         part = _optional(doc, key, dict) or {}
+        _known(part, {"entities", "operator"}, f"decision.mask.{key}")
         entities = _strings(part, "entities")
         operator = part.get("operator") or "placeholder"
         if operator not in OPERATORS:
             raise MalformedDecision(f"decision.mask.{key}.operator must be one of {sorted(OPERATORS)}")
         return MaskRule(entities, operator)
 
+    _known(doc, {"request", "response", "restore"}, "decision.mask")
     return MaskDecision(rule("request"), rule("response"), bool(_optional(doc, "restore", bool)))
 
 

@@ -60,3 +60,18 @@ def test_minimal_decision() -> None:
 def test_malformed_decisions_are_rejected(doc: object) -> None:
     with pytest.raises(MalformedDecision):
         Decision.parse(doc)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"allow": True, "require_aproval": True},
+        {"allow": True, "mask": {"request": {"entites": ["EMAIL_ADDRESS"]}}},
+        {"allow": True, "mask": {"restor": True}},
+        {"allow": True, "budget": {"limit": {"day": 10}}},
+        {"allow": True, "rate_limit": {"request_per_minute": 5}},
+    ],
+)
+def test_a_misspelled_decision_field_denies(doc: dict[str, object]) -> None:
+    with pytest.raises(MalformedDecision, match="unknown field"):
+        Decision.parse(doc)
