@@ -206,8 +206,7 @@ def failure_response(request: web.Request, call: Call, exc: Exception) -> web.Re
     if isinstance(exc, SidecarError):
         err = exc
     elif isinstance(exc, web.HTTPException):  # aiohttp's own (client_max_size's 413, ...), reshaped
-        code = "internal_error" if exc.status >= 500 else _HTTP_CODES.get(exc.status, "invalid_request")
-        err = SidecarError(exc.status, code, exc.reason)
+        err = reshaped(exc)
     else:
         # One line, no payload content: the exception's class and where it was raised, never its text.
         log.error(
@@ -245,6 +244,12 @@ async def not_found(request: web.Request) -> web.Response:
     return error_response(err, new_request_id())
 
 
+def reshaped(exc: web.HTTPException) -> SidecarError:
+    """aiohttp's own HTTP error as the sidecar's OpenAI-shaped one."""
+    code = "internal_error" if exc.status >= 500 else _HTTP_CODES.get(exc.status, "invalid_request")
+    return SidecarError(exc.status, code, exc.reason)
+
+
 @web.middleware
 async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Whatever the router answers by itself (`OPTIONS *`, `CONNECT host:port`: no route can match such a
@@ -256,5 +261,4 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
             raise
         if exc.status == 404:
             return await not_found(request)
-        code = "internal_error" if exc.status >= 500 else _HTTP_CODES.get(exc.status, "invalid_request")
-        return error_response(SidecarError(exc.status, code, exc.reason), new_request_id())
+        return error_response(reshaped(exc), new_request_id())

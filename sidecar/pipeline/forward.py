@@ -124,13 +124,13 @@ class Forwarder:
         call.organization, call.project = chosen
 
     def _account(self, request: web.Request, header: str, decided: str | None, configured: str) -> str | None:
-        sent = request.headers.getall(header, [])
-        if sent and header not in self._settings.input_headers:
+        sent = request.headers.get(header)  # once at most: the canonical stage refused repeated headers
+        if sent is not None and header not in self._settings.input_headers:
             raise invalid_request(
                 f"The sidecar chooses the {header} header; the policy is not shown it "
                 "(SIDECAR_INPUT_HEADERS), so a caller may not send it."
             )
-        if sent and (len(sent) > 1 or sent[0] != decided):
+        if sent is not None and sent != decided:
             raise invalid_request(
                 f"The policy did not allow this {header} (its decision's upstream must name it)."
             )
@@ -170,7 +170,7 @@ class Forwarder:
             data, content_type = plan.upload.chunks(), request.headers["Content-Type"]
         elif request.body_exists:
             data, content_type = (
-                BodyStream(_limited(request, self._settings, _declared(request))),
+                BodyStream(_limited(request, self._settings, request.content_length)),
                 request.headers["Content-Type"],
             )
         else:
@@ -178,8 +178,10 @@ class Forwarder:
         headers = self.upstream_headers(request, call, content_type)
         if plan.upload is not None:
             headers["Content-Length"] = str(plan.upload.size)
-        elif plan.body is None and (declared := _declared(request)) is not None:
-            headers["Content-Length"] = str(declared)  # else chunked; a JSON body's is len(plan.body)
+        elif plan.body is None and request.content_length is not None:
+            # An upload is forwarded as received (an encoded one was refused with 415: receive.py), so
+            # its declared length is the length sent; else chunked. A JSON body's is len(plan.body).
+            headers["Content-Length"] = str(request.content_length)
         try:
             return await self._session.request(
                 request.method, url, data=data, headers=headers, allow_redirects=False
@@ -194,16 +196,6 @@ class Forwarder:
             raise SidecarError(
                 502, "upstream_unavailable", f"The upstream API could not be reached ({type(exc).__name__})."
             ) from None
-
-
-def _declared(request: web.Request) -> int | None:
-    """The caller's Content-Length when it is the length of the bytes the sidecar forwards, else None
-    (the body goes chunked). Content-Encoding itself is never forwarded: JSON bodies are decoded and
-    re-serialised, encoded uploads are refused (sidecar.pipeline.receive); a length declared for an
-    encoded body is never passed on, whatever decodes it.
-    """
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    return request.content_length if encoding in ("", "identity") else None
 
 
 async def _limited(request: web.Request, settings: Settings, declared: int | None) -> AsyncIterator[bytes]:
